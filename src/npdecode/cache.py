@@ -1,0 +1,136 @@
+"""A preallocated key/value cache for batched incremental decoding.
+
+Layout: ``k`` and ``v`` are ``(layers, rows, heads, slots, head_dim)``. Row ``r`` holds one
+sequence: slots ``start[r] .. end[r]-1`` are real tokens; slots before ``start[r]`` are left
+padding (a batch of prompts of different lengths is written left-padded so that every row's
+next token lands in the same slot) and are never attended to.
+
+The cache is passed to a model's ``prefill``/``extend`` explicitly and filled in place; it is
+never hidden on the model. Search strategies reorder it by beam parent (``reorder``, a gather
+into a second preallocated buffer, no allocation per step) and roll it back after rejected
+speculative tokens (``truncate``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npdecode.numerics import MASK
+
+
+class KVCache:
+    """Keys and values of ``rows`` sequences, up to ``slots`` positions each."""
+
+    def __init__(self, *, layers: int, rows: int, heads: int, slots: int, head_dim: int,
+                 dtype=np.float64):
+        shape = (layers, rows, heads, slots, head_dim)
+        self.k = np.zeros(shape, dtype=dtype)  # [L, R, H, S, Dh]
+        self.v = np.zeros(shape, dtype=dtype)  # [L, R, H, S, Dh]
+        # Spare buffers: reorder() gathers into them and swaps, so the cache is never
+        # reallocated while decoding.
+        self._k_spare = np.zeros(shape, dtype=dtype)
+        self._v_spare = np.zeros(shape, dtype=dtype)
+        self.start = np.zeros(rows, dtype=np.int64)  # [R] first real slot of each row
+        self.end = np.zeros(rows, dtype=np.int64)    # [R] one past the last filled slot
+        self.n = 0                                   # rows in use: 0 .. n-1
+
+    @property
+    def capacity(self) -> tuple[int, int]:
+        """(rows, slots) this cache was allocated for."""
+        return self.k.shape[1], self.k.shape[3]
+
+    def begin(self, lengths: np.ndarray, width: int) -> None:
+        """Prepare rows 0..n-1 for a left-padded block of ``width`` tokens.
+
+        ``lengths[r]`` real tokens go right-aligned into slots ``width - lengths[r] .. width-1``.
+        """
+        lengths = np.asarray(lengths, dtype=np.int64)
+        n = len(lengths)
+        rows, slots = self.capacity
+        if n > rows or width > slots:
+            raise ValueError(f"cache holds {rows} rows x {slots} slots; asked for {n} x {width}")
+        self.n = n
+        self.start[:n] = width - lengths
+        self.end[:n] = 0
+
+    def positions(self, t: int) -> np.ndarray:
+        """Position ids (n, t) of the next ``t`` tokens of each row (0 = the row's first token)."""
+        return self.end[: self.n, None] - self.start[: self.n, None] + np.arange(t)
+
+    def write(self, layer: int, k: np.ndarray, v: np.ndarray) -> None:
+        """Store ``k``, ``v`` of shape (n, H, t, Dh) at each row's next ``t`` slots."""
+        n, _, t, _ = k.shape
+        end = self.end[:n]
+        if n == 0:
+            return
+        e = int(end[0])
+        if (end == e).all():  # the common case: every row is at the same slot
+            if e + t > self.k.shape[3]:
+                raise ValueError(f"KV cache full: {self.k.shape[3]} slots, need {e + t}")
+            self.k[layer, :n, :, e:e + t] = k
+            self.v[layer, :n, :, e:e + t] = v
+            return
+        if int(end.max()) + t > self.k.shape[3]:
+            raise ValueError(f"KV cache full: {self.k.shape[3]} slots, need {int(end.max()) + t}")
+        rows = np.arange(n)[:, None]                # [n, 1]
+        slots = end[:, None] + np.arange(t)         # [n, t]
+        # Advanced indices split by a slice put their broadcast dims first: [n, t, H, Dh].
+        self.k[layer, rows, :, slots] = k.transpose(0, 2, 1, 3)
+        self.v[layer, rows, :, slots] = v.transpose(0, 2, 1, 3)
+
+    def attend(self, layer: int, q: np.ndarray, scale: float) -> np.ndarray:
+        """Causal attention of queries (n, H, t, Dh) for the ``t`` slots just written.
+
+        Call after ``write`` for the same layer and before ``advance``. Query i of row r sits at
+        slot end[r] + i and sees slots start[r] .. end[r] + i.
+        """
+        n, _, t, _ = q.shape
+        lo = int(self.start[:n].min())
+        hi = int(self.end[:n].max()) + t
+        keys = self.k[layer, :n, :, lo:hi]          # [n, H, W, Dh]
+        vals = self.v[layer, :n, :, lo:hi]          # [n, H, W, Dh]
+        scores = (q @ keys.transpose(0, 1, 3, 2)) * scale      # [n, H, t, W]
+        slot = np.arange(lo, hi)                                 # [W]
+        qslot = self.end[:n, None] + np.arange(t)                # [n, t]
+        visible = (slot >= self.start[:n, None, None]) & (slot <= qslot[:, :, None])  # [n, t, W]
+        scores = np.where(visible[:, None], scores, MASK)
+        scores -= scores.max(axis=-1, keepdims=True)
+        weights = np.exp(scores)
+        weights /= weights.sum(axis=-1, keepdims=True)
+        return weights @ vals                                    # [n, H, t, Dh]
+
+    def advance(self, t: int) -> None:
+        """Mark the ``t`` slots written by every layer as filled."""
+        self.end[: self.n] += t
+
+    def reorder(self, parents: np.ndarray) -> None:
+        """Make row i a copy of old row ``parents[i]`` (a beam-search gather).
+
+        The number of rows may shrink or grow (up to the allocated rows). Only the filled slot
+        range is copied, into the spare buffer, which then becomes the live one.
+        """
+        parents = np.asarray(parents, dtype=np.int64)
+        m = len(parents)
+        if m > self.k.shape[1]:
+            raise ValueError(f"cache holds {self.k.shape[1]} rows; reorder asked for {m}")
+        if m == self.n and (parents == np.arange(m)).all():
+            return
+        lo = int(self.start[: self.n].min()) if self.n else 0
+        hi = int(self.end[: self.n].max()) if self.n else 0
+        for src, dst in ((self.k, self._k_spare), (self.v, self._v_spare)):
+            # mode="clip" avoids the buffered copy numpy makes for mode="raise" with ``out``;
+            # ``parents`` are row indices the search produced, always in range.
+            np.take(src[:, : self.n, :, lo:hi], parents, axis=1, out=dst[:, :m, :, lo:hi],
+                    mode="clip")
+        self.k, self._k_spare = self._k_spare, self.k
+        self.v, self._v_spare = self._v_spare, self.v
+        self.start[:m] = self.start[parents]
+        self.end[:m] = self.end[parents]
+        self.n = m
+
+    def truncate(self, end: np.ndarray) -> None:
+        """Roll rows back: row r keeps slots up to ``end[r]`` (at most its current end)."""
+        end = np.asarray(end, dtype=np.int64)
+        if (end > self.end[: self.n]).any() or (end < self.start[: self.n]).any():
+            raise ValueError("truncate can only shorten rows, not below their first real slot")
+        self.end[: self.n] = end

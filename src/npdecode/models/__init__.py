@@ -1,0 +1,6 @@
+"""Models: things that turn token ids into logits. They never choose tokens."""
+
+from npdecode.models.protocol import CachedLM, LM, is_cached
+from npdecode.models.tinylm import TinyLM
+
+__all__ = ["CachedLM", "LM", "TinyLM", "is_cached"]

@@ -1,0 +1,71 @@
+"""What a model must provide, and the optional cached protocol that makes decoding fast.
+
+Every model is an object with ``forward(token_ids) -> logits``: ``token_ids`` an int array
+(N, T), all rows the same length; the logits (N, V) are those of each row's last position.
+That is all a search strategy needs; it then recomputes each hypothesis's prefix every step.
+
+A model that also implements :class:`CachedLM` is decoded incrementally: one ``prefill`` of
+the prompts, then one ``extend`` per step over every live row, with a :class:`KVCache` that
+the search reorders by beam parent and rolls back after rejected speculative tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from npdecode.cache import KVCache
+
+
+@runtime_checkable
+class LM(Protocol):
+    """The whole contract of a model: logits for the last position of each row."""
+
+    def forward(self, token_ids: np.ndarray) -> np.ndarray:
+        """token_ids (N, T) int -> logits (N, V)."""
+        ...
+
+
+@runtime_checkable
+class CachedLM(LM, Protocol):
+    """A model that decodes incrementally with a preallocated KV cache."""
+
+    vocab_size: int
+    max_context: int | None  # longest prompt + generation the model accepts (None: no limit)
+
+    def new_cache(self, rows: int, slots: int) -> KVCache:
+        """An empty cache for up to ``rows`` sequences of up to ``slots`` tokens."""
+        ...
+
+    def prefill(self, prompts: Sequence[Sequence[int]], cache: KVCache) -> np.ndarray:
+        """Write the prompts (lengths may differ) into cache rows 0..N-1, left-padded.
+
+        Returns the logits (N, V) of each prompt's last token.
+        """
+        ...
+
+    def extend(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Append tokens (n, t) to cache rows 0..n-1; return their logits (n, t, V)."""
+        ...
+
+
+def is_cached(model: object) -> bool:
+    """True when ``model`` implements the cached protocol (and can take the fast path)."""
+    return all(callable(getattr(model, name, None)) for name in ("new_cache", "prefill", "extend"))
+
+
+def vocab_size_of(model: object) -> int | None:
+    """The model's vocabulary size if it declares one, else None (read from its logits)."""
+    v = getattr(model, "vocab_size", None)
+    return int(v) if v is not None else None
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts -> (ids (N, T) right-aligned, lengths (N,)). Padding slots hold ``pad_id``."""
+    lengths = np.array([len(p) for p in prompts], dtype=np.int64)
+    width = int(lengths.max()) if len(prompts) else 0
+    ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = p
+    return ids, lengths

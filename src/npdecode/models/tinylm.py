@@ -1,0 +1,94 @@
+"""TinyLM: the seed model. A random single-block transformer, reproduced bit for bit.
+
+Its logits mean nothing; it exists so that decoding logic can be tested and timed on a model
+anyone can rebuild exactly from a seed (SPEC section 2 fixes the construction order).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from npdecode.cache import KVCache
+from npdecode.models.protocol import left_pad
+from npdecode.numerics import MASK
+
+
+class TinyLM:
+    """Single-head, single-block causal transformer; no positions, norms or biases.
+
+    ``forward`` is the plain definition; ``prefill``/``extend`` are the cached path and agree
+    with it to 1e-10 in float64.
+    """
+
+    max_context = None  # no positional embedding, hence no context limit
+
+    def __init__(self, vocab_size: int = 1000, d_model: int = 64, seed: int = 0,
+                 dtype=np.float64):
+        if vocab_size < 1 or d_model < 1:
+            raise ValueError(f"vocab_size and d_model must be >= 1, got {vocab_size}, {d_model}")
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(seed)
+        s = 1 / np.sqrt(d_model)
+        d, v = d_model, vocab_size
+        # The draw order is fixed by the specification; do not reorder.
+        self.embed = rng.standard_normal((v, d)) * s          # [V, d]
+        self.Wq = rng.standard_normal((d, d)) * s             # [d, d]
+        self.Wk = rng.standard_normal((d, d)) * s
+        self.Wv = rng.standard_normal((d, d)) * s
+        self.Wo = rng.standard_normal((d, d)) * s
+        self.W1 = rng.standard_normal((d, 4 * d)) * s         # [d, 4d]
+        self.W2 = rng.standard_normal((4 * d, d)) * s         # [4d, d]
+        self.lm_head = rng.standard_normal((d, v)) * s        # [d, V]
+        if self.dtype != np.float64:
+            for name in ("embed", "Wq", "Wk", "Wv", "Wo", "W1", "W2", "lm_head"):
+                setattr(self, name, getattr(self, name).astype(self.dtype))
+        # Fused projection for the cached path: one matmul instead of three.
+        self._Wqkv = np.concatenate([self.Wq, self.Wk, self.Wv], axis=1)  # [d, 3d]
+        self._scale = 1 / np.sqrt(d_model)
+
+    # -- the plain definition -------------------------------------------------------------
+
+    def forward(self, token_ids: np.ndarray) -> np.ndarray:
+        """token_ids (N, T) -> logits (N, V) of the last position."""
+        ids = np.asarray(token_ids)
+        x = self.embed[ids]                                   # [N, T, d]
+        q, k, v = x @ self.Wq, x @ self.Wk, x @ self.Wv       # [N, T, d] each
+        scores = q @ k.transpose(0, 2, 1) * self._scale       # [N, T, T]
+        t = ids.shape[1]
+        future = np.triu(np.ones((t, t), dtype=bool), k=1)
+        scores = np.where(future, MASK, scores)
+        scores -= scores.max(axis=-1, keepdims=True)
+        attn = np.exp(scores)
+        attn /= attn.sum(axis=-1, keepdims=True)
+        x = x + (attn @ v) @ self.Wo                           # [N, T, d]
+        x = x + np.maximum(x @ self.W1, 0) @ self.W2           # [N, T, d]
+        return x[:, -1] @ self.lm_head                         # [N, V]
+
+    # -- the cached protocol --------------------------------------------------------------
+
+    def new_cache(self, rows: int, slots: int) -> KVCache:
+        return KVCache(layers=1, rows=rows, heads=1, slots=slots, head_dim=self.d_model,
+                       dtype=self.dtype)
+
+    def prefill(self, prompts: Sequence[Sequence[int]], cache: KVCache) -> np.ndarray:
+        ids, lengths = left_pad(prompts)
+        cache.begin(lengths, ids.shape[1])
+        return self.extend(ids, cache)[:, -1]
+
+    def extend(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
+        tokens = np.asarray(tokens)
+        n, t = tokens.shape
+        d = self.d_model
+        x = self.embed[tokens]                                 # [n, t, d]
+        qkv = x @ self._Wqkv                                   # [n, t, 3d]
+        q, k, v = (qkv[..., i * d:(i + 1) * d][:, None] for i in range(3))  # [n, 1, t, d]
+        cache.write(0, k, v)
+        a = cache.attend(0, q, self._scale)[:, 0]              # [n, t, d]
+        cache.advance(t)
+        x = x + a @ self.Wo
+        x = x + np.maximum(x @ self.W1, 0) @ self.W2
+        return x @ self.lm_head                                # [n, t, V]

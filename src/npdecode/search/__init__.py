@@ -1,0 +1,1 @@
+"""Search strategies: turn logits into tokens. They never look inside a model."""

@@ -1,0 +1,101 @@
+"""Checks shared by every search strategy: bad input is refused before any work starts, and
+bad model output is reported naming the batch item, never silently clipped or dropped."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Sequence
+
+import numpy as np
+
+
+def check_int(name: str, value: object, *, minimum: int) -> int:
+    """An integer >= minimum (bools are refused), else ValueError saying how to fix it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def check_finite(name: str, value: object) -> float:
+    """A finite real number, else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int | None) -> list[list[int]]:
+    """Each prompt a non-empty list of integer ids in [0, vocab_size)."""
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
+        raise ValueError("prompts must be a list of prompts, each a list of token ids")
+    clean = []
+    for b, prompt in enumerate(prompts):
+        if isinstance(prompt, (str, bytes)) or not isinstance(prompt, (Sequence, np.ndarray)):
+            raise ValueError(f"prompt {b} must be a list of token ids, got {type(prompt).__name__}")
+        if len(prompt) == 0:
+            raise ValueError(f"prompt {b} is empty; every prompt needs at least one token")
+        row = []
+        for pos, tok in enumerate(prompt):
+            bad = (isinstance(tok, bool) or not isinstance(tok, numbers.Integral) or tok < 0
+                   or (vocab_size is not None and tok >= vocab_size))
+            if bad:
+                raise ValueError(
+                    f"prompt {b}, position {pos}: token {tok!r} is not a valid id; ids must be "
+                    f"integers in [0, {vocab_size if vocab_size is not None else 'vocab_size'})"
+                    + (f" (vocab size {vocab_size})" if vocab_size is not None else ""))
+            row.append(int(tok))
+        clean.append(row)
+    return clean
+
+
+def check_eos(eos_token_id: object, vocab_size: int | None) -> int | None:
+    """None, or an integer id inside the vocabulary."""
+    if eos_token_id is None:
+        return None
+    if isinstance(eos_token_id, bool) or not isinstance(eos_token_id, numbers.Integral):
+        raise ValueError(f"eos_token_id must be an integer id or None, got {eos_token_id!r}")
+    if eos_token_id < 0 or (vocab_size is not None and eos_token_id >= vocab_size):
+        raise ValueError(f"eos_token_id {eos_token_id} is outside the vocabulary [0, {vocab_size})")
+    return int(eos_token_id)
+
+
+def check_context(model: object, prompts: list[list[int]], max_new_tokens: int) -> None:
+    """Refuse, before decoding, a prompt that cannot be extended by max_new_tokens."""
+    limit = getattr(model, "max_context", None)
+    if limit is None:
+        return
+    for b, p in enumerate(prompts):
+        if len(p) + max_new_tokens > limit:
+            raise ValueError(
+                f"prompt {b} has {len(p)} tokens; with max_new_tokens={max_new_tokens} it needs "
+                f"{len(p) + max_new_tokens} positions but the model's context is {limit}. "
+                f"Shorten the prompt or lower max_new_tokens.")
+
+
+def check_logits(logits: np.ndarray, n_rows: int, vocab_size: int | None,
+                 items: np.ndarray) -> np.ndarray:
+    """Validate one step's logits (n_rows, V); ``items[r]`` is row r's batch item.
+
+    Returns the row maxima (n_rows,), which log-softmax needs anyway: every fault shows in
+    them at no extra cost (NaN propagates into a row's max, +inf is the max, and a row that
+    is entirely -inf has max -inf).
+    """
+    if not isinstance(logits, np.ndarray) or logits.ndim != 2 or logits.shape[0] != n_rows or (
+            vocab_size is not None and logits.shape[1] != vocab_size):
+        shape = getattr(logits, "shape", type(logits).__name__)
+        want = f"({n_rows}, {vocab_size if vocab_size is not None else 'V'})"
+        raise ValueError(f"model returned logits of shape {shape}; expected {want} "
+                         f"(one row per sequence, batch items {sorted(set(items.tolist()))})")
+    if not np.issubdtype(logits.dtype, np.floating):
+        raise ValueError(f"model returned logits of dtype {logits.dtype}; expected floats")
+    m = logits.max(axis=1)
+    bad = ~np.isfinite(m)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        row = logits[r]
+        what = ("NaN" if np.isnan(row).any() else "+inf" if np.isposinf(row).any()
+                else "a row that is entirely -inf (no token has any probability)")
+        raise ValueError(f"model returned {what} in the logits for batch item {int(items[r])}")
+    return m
