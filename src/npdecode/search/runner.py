@@ -1,0 +1,90 @@
+"""How a search strategy calls a model, whatever the model implements.
+
+A strategy keeps one row per live sequence and, each step, says which old row each new row
+continues (``parents``) and with which token. The runner turns that into model calls:
+
+- ``CachedRunner`` (models with the cached protocol): one ``prefill``, then per step one
+  gather of the KV cache by parent and one ``extend`` call over every live row;
+- ``RecomputeRunner`` (models with only ``forward``): keeps every row's full token sequence
+  and re-runs ``forward`` on it each step, one call per distinct sequence length (a forward
+  call needs rows of equal length).
+
+Both return the same logits, so a strategy is written once against this interface.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from npdecode.models.protocol import is_cached
+
+
+class CachedRunner:
+    """Incremental decoding through a model's KV cache."""
+
+    def __init__(self, model, prompts: Sequence[Sequence[int]], *, rows: int, new_tokens: int):
+        self.model = model
+        self.prompts = prompts
+        slots = max(len(p) for p in prompts) + max(new_tokens, 1)
+        self.cache = model.new_cache(max(rows, len(prompts)), slots)
+        self.calls = 0   # model calls made
+        self.rows = 0    # rows (sequences) the model was run on, summed over calls
+
+    def start(self) -> np.ndarray:
+        """Logits (B, V) of each prompt's last token; row b is prompt b."""
+        self.calls += 1
+        self.rows += len(self.prompts)
+        return self.model.prefill(self.prompts, self.cache)
+
+    def advance(self, parents: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """New row i = old row ``parents[i]`` + ``tokens[i]``; returns logits (n, V)."""
+        self.cache.reorder(parents)
+        self.calls += 1
+        self.rows += len(tokens)
+        return self.model.extend(np.asarray(tokens)[:, None], self.cache)[:, 0]
+
+
+class RecomputeRunner:
+    """Decoding a model that has only ``forward``, by re-running every row's prefix."""
+
+    def __init__(self, model, prompts: Sequence[Sequence[int]], *, rows: int = 0,
+                 new_tokens: int = 0):
+        self.model = model
+        self.seqs = [np.asarray(p, dtype=np.int64) for p in prompts]
+        self.calls = 0
+        self.rows = 0
+
+    def start(self) -> np.ndarray:
+        return self._run()
+
+    def advance(self, parents: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        self.seqs = [np.append(self.seqs[p], t) for p, t in zip(parents.tolist(), tokens.tolist())]
+        return self._run()
+
+    def _run(self) -> np.ndarray:
+        by_length: dict[int, list[int]] = {}
+        for i, s in enumerate(self.seqs):
+            by_length.setdefault(len(s), []).append(i)
+        out = None
+        for idx in by_length.values():
+            logits = np.asarray(self.model.forward(np.stack([self.seqs[i] for i in idx])))
+            self.calls += 1
+            self.rows += len(idx)
+            if logits.ndim != 2 or logits.shape[0] != len(idx):
+                return logits  # wrong shape: the strategy's check reports it with context
+            if out is None:
+                out = np.empty((len(self.seqs), logits.shape[1]), dtype=logits.dtype)
+            elif logits.shape[1] != out.shape[1]:
+                return logits
+            out[idx] = logits
+        return out
+
+
+def make_runner(model, prompts: Sequence[Sequence[int]], *, rows: int, new_tokens: int,
+                use_cache: bool = True):
+    """The fastest runner ``model`` supports (``use_cache=False`` forces recomputation)."""
+    if use_cache and is_cached(model):
+        return CachedRunner(model, prompts, rows=rows, new_tokens=new_tokens)
+    return RecomputeRunner(model, prompts)
