@@ -1,0 +1,62 @@
+"""A slow, obviously-correct beam search: SPEC section 3 transcribed line by line.
+
+One prompt at a time, one hypothesis at a time, the full prefix re-run through
+``model.forward`` for every hypothesis at every step, plain Python lists and sorting. It is
+the oracle the fast path is tested against, and the baseline the benchmarks time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from npdecode import Hypothesis
+from npdecode.numerics import log_softmax
+
+
+def reference_beam_search(model, prompts, *, beam_width, max_new_tokens, alpha=0.0,
+                          eos_token_id=None, no_repeat_ngram_size=0):
+    return [_one_prompt(model, list(p), beam_width, max_new_tokens, alpha, eos_token_id,
+                        no_repeat_ngram_size) for p in prompts]
+
+
+def _score(logprob, length, alpha):
+    return logprob / length ** alpha if length > 0 else 0.0
+
+
+def _banned(seq, n):
+    """Tokens t such that seq + [t] ends with an n-gram already present in seq."""
+    if n <= 0:
+        return set()
+    tail = seq[len(seq) - n + 1:] if n > 1 else []
+    return {seq[i + n - 1] for i in range(len(seq) - n + 1) if seq[i:i + n - 1] == tail}
+
+
+def _one_prompt(model, prompt, K, T, alpha, eos, ngram):
+    # A hypothesis: (tokens, logprob, finished); the pool is kept best first.
+    pool = [([], 0.0, False)]
+    for _ in range(T):
+        if len(pool) == K and all(f for _, _, f in pool):
+            break
+        if all(f for _, _, f in pool):
+            continue  # no unfinished hypothesis: the pool stays as it is
+        entries = []  # (sort key, hypothesis)
+        for rank, (g, lp_sum, fin) in enumerate(pool):
+            if fin:
+                entries.append(((-_score(lp_sum, len(g), alpha), 0, rank, 0), (g, lp_sum, fin)))
+                continue
+            logits = np.asarray(model.forward(np.array([prompt + g])), dtype=np.float64)[0]
+            lp = log_softmax(logits)
+            banned = _banned(prompt + g, ngram)
+            allowed = [t for t in range(len(lp)) if t not in banned]
+            m = min(2 * K, len(lp))
+            # top-m tokens, ties to the lowest id; banned tokens rank as -inf
+            ranked = sorted(range(len(lp)),
+                            key=lambda t: (-(lp[t] if t in allowed else -np.inf), t))[:m]
+            for t in ranked:
+                new_lp = lp_sum + (lp[t] if t not in banned else -np.inf)
+                h = (g + [t], new_lp, eos is not None and t == eos)
+                entries.append(((-_score(new_lp, len(g) + 1, alpha), 1, rank, t), h))
+        entries.sort(key=lambda e: e[0])
+        pool = [h for _, h in entries[:K]]
+    return [Hypothesis(tokens=g, score=float(_score(lp, len(g), alpha)), logprob=float(lp),
+                       finished=f) for g, lp, f in pool]
