@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from npdecode.attention.flash import FLASH_TILE, flash_attention_fwd
 from npdecode.numerics import MASK
 
 
@@ -83,10 +84,27 @@ class KVCache:
 
         Call after ``write`` for the same layer and before ``advance``. Query i of row r sits at
         slot end[r] + i and sees slots start[r] .. end[r] + i.
+
+        Blocks of more than ``FLASH_TILE`` queries (a long prefill) go through tiled flash
+        attention, which never builds the (t, slots) score matrix; shorter blocks (decode
+        steps, speculative drafts) take the dense path below. Both give the same outputs for
+        real queries up to float rounding. A padding query (no visible slot) gets a uniform
+        average from the dense path and zeros from the flash path: finite either way, unused.
         """
         n, _, t, _ = q.shape
         lo = int(self.start[:n].min())
         hi = int(self.end[:n].max()) + t
+        # Flash attention aligns the queries to the end of the keys, so every row must be at
+        # the same slot e: always true for a prefill (e = 0), not after a ragged truncate. Its
+        # keys start at or before e even when every row is padded there (start > e), so that
+        # all t queries have a key position; keys before start[r] are masked by key_start.
+        e = hi - t
+        if t > FLASH_TILE and q.dtype == self.k.dtype and (self.end[:n] == e).all():
+            k_lo = min(lo, e)
+            keys = self.k[layer, :n, :, k_lo:hi]    # [n, H, t + e - k_lo, Dh]
+            vals = self.v[layer, :n, :, k_lo:hi]    # [n, H, t + e - k_lo, Dh]
+            return flash_attention_fwd(q, keys, vals, FLASH_TILE, causal=True,
+                                       key_start=self.start[:n] - k_lo, scale=scale)  # [n,H,t,Dh]
         keys = self.k[layer, :n, :, lo:hi]          # [n, H, W, Dh]
         vals = self.v[layer, :n, :, lo:hi]          # [n, H, W, Dh]
         scores = (q @ keys.transpose(0, 1, 3, 2)) * scale      # [n, H, t, W]
