@@ -1,0 +1,240 @@
+"""GPT-2 in NumPy, loaded from a HuggingFace-format directory (config.json + model.safetensors).
+
+The architecture (Radford et al. 2019): learned token and position embeddings, ``n_layer``
+pre-LayerNorm blocks of multi-head causal self-attention and a GELU MLP, a final LayerNorm and
+a language-model head (tied to the token embedding unless the checkpoint says otherwise).
+Weights are stored the HuggingFace way: ``Conv1D`` matrices are (in, out), so a layer is
+``x @ W + b``.
+
+``forward`` is the plain definition; ``prefill``/``extend`` are the cached path (the package's
+:class:`~npdecode.models.protocol.CachedLM` protocol) and agree with it to 1e-10 in float64.
+Reading weights needs the ``safetensors`` package (the ``hf`` extra), imported only when a
+checkpoint is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+
+from npdecode.cache import KVCache
+from npdecode.models.protocol import left_pad
+from npdecode.numerics import MASK
+
+
+@dataclass(frozen=True)
+class GPT2Config:
+    """The hyperparameters of a GPT-2 checkpoint (the fields of its config.json we use)."""
+
+    vocab_size: int            # V, rows of the token embedding
+    n_positions: int           # learned positions, hence the context limit
+    n_embd: int                # d, width of the residual stream
+    n_layer: int               # transformer blocks
+    n_head: int                # attention heads; head_dim = n_embd // n_head
+    n_inner: int | None = None  # MLP width; None means 4 * n_embd
+    layer_norm_epsilon: float = 1e-5
+    activation_function: str = "gelu_new"
+    tie_word_embeddings: bool = True          # lm head = token embedding transposed
+    scale_attn_weights: bool = True           # divide scores by sqrt(head_dim)
+    scale_attn_by_inverse_layer_idx: bool = False  # and by (layer index + 1)
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "GPT2Config":
+        """Build from a parsed HuggingFace config.json (unknown keys are ignored)."""
+        required = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
+        missing = [k for k in required if d.get(k) is None]
+        if missing:
+            raise ValueError(f"config.json lacks {missing}; is this a GPT-2 checkpoint?")
+        # null in config.json means "the default" (n_inner: 4 * n_embd).
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if d.get(k) is not None})
+
+
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation (GPT-2's "gelu_new")."""
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _gelu_exact(x: np.ndarray) -> np.ndarray:
+    """GELU with the exact erf (HuggingFace "gelu"); NumPy has no erf, so this one is slow."""
+    return (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(x.dtype)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # tanh form: no overflow for large |x|
+
+
+ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
+    "gelu": _gelu_exact,
+    "relu": lambda x: np.maximum(x, 0),
+    "silu": lambda x: x * _sigmoid(x),
+    "swish": lambda x: x * _sigmoid(x),
+    "quick_gelu": lambda x: x * _sigmoid(1.702 * x),
+    "tanh": np.tanh,
+}
+
+
+def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    """Normalize the last axis to zero mean, unit variance, then scale and shift."""
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * g + b
+
+
+class GPT2:
+    """GPT-2 language model over NumPy arrays.
+
+    ``weights`` maps HuggingFace parameter names without the ``transformer.`` prefix
+    (``wte.weight``, ``h.0.attn.c_attn.weight``, ..., ``ln_f.bias``, optionally
+    ``lm_head.weight``) to arrays.
+    """
+
+    def __init__(self, config: GPT2Config, weights: Mapping[str, np.ndarray], dtype=np.float32):
+        c = config
+        if c.n_embd % c.n_head:
+            raise ValueError(f"n_embd {c.n_embd} is not divisible by n_head {c.n_head}")
+        if c.activation_function not in ACTIVATIONS:
+            raise ValueError(f"activation_function {c.activation_function!r} is not supported; "
+                             f"choose one of {sorted(ACTIVATIONS)}")
+        self.config = c
+        self.dtype = np.dtype(dtype)
+        self.vocab_size = c.vocab_size
+        self.max_context = c.n_positions  # learned positions: nothing beyond them exists
+        self.head_dim = c.n_embd // c.n_head
+        self._act = ACTIVATIONS[c.activation_function]
+
+        def get(name: str) -> np.ndarray:
+            if name not in weights:
+                raise ValueError(f"checkpoint has no tensor {name!r}")
+            return np.asarray(weights[name], dtype=self.dtype)
+
+        self.wte = get("wte.weight")                              # [V, d]
+        self.wpe = get("wpe.weight")                              # [P, d]
+        self.blocks = [{k: get(f"h.{i}.{k}") for k in (
+            "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
+            "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
+            "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")}
+            for i in range(c.n_layer)]
+        self.ln_f = (get("ln_f.weight"), get("ln_f.bias"))        # [d], [d]
+        if c.tie_word_embeddings or "lm_head.weight" not in weights:
+            if not c.tie_word_embeddings:
+                raise ValueError("config says the head is untied but lm_head.weight is missing")
+            self.lm_head = self.wte.T                             # [d, V]
+        else:
+            self.lm_head = np.ascontiguousarray(get("lm_head.weight").T)  # [d, V]
+        if self.wte.shape != (c.vocab_size, c.n_embd) or self.wpe.shape[0] < c.n_positions:
+            raise ValueError(f"embedding shapes {self.wte.shape}, {self.wpe.shape} do not match "
+                             f"the config (vocab {c.vocab_size}, positions {c.n_positions}, "
+                             f"width {c.n_embd})")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype=np.float32) -> "GPT2":
+        """Load ``path/config.json`` and ``path/model.safetensors`` (HuggingFace layout)."""
+        try:
+            from safetensors.numpy import load_file
+        except ImportError as e:  # an optional extra
+            raise ImportError("loading GPT-2 weights needs the safetensors package: "
+                              "pip install 'npdecode[hf]' (or pip install safetensors)") from e
+        path = Path(path)
+        config = GPT2Config.from_dict(json.loads((path / "config.json").read_text()))
+        raw = load_file(str(path / "model.safetensors"))
+        weights = {k.removeprefix("transformer."): v for k, v in raw.items()}
+        return cls(config, weights, dtype=dtype)
+
+    # -- pieces shared by both paths ------------------------------------------------------
+
+    def _attn_scale(self, layer: int) -> float:
+        s = 1.0 / math.sqrt(self.head_dim) if self.config.scale_attn_weights else 1.0
+        if self.config.scale_attn_by_inverse_layer_idx:
+            s /= layer + 1
+        return s
+
+    def _qkv(self, blk: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """x (n, t, d) -> q, k, v each (n, H, t, Dh)."""
+        n, t, d = x.shape
+        h = layer_norm(x, blk["ln_1.weight"], blk["ln_1.bias"], self.config.layer_norm_epsilon)
+        qkv = h @ blk["attn.c_attn.weight"] + blk["attn.c_attn.bias"]   # [n, t, 3d]
+        qkv = qkv.reshape(n, t, 3, self.config.n_head, self.head_dim)   # [n, t, 3, H, Dh]
+        q, k, v = qkv.transpose(2, 0, 3, 1, 4)                          # 3 x [n, H, t, Dh]
+        return q, k, v
+
+    def _finish_block(self, blk: dict, x: np.ndarray, a: np.ndarray) -> np.ndarray:
+        """Residual update of x (n, t, d) by attention output a (n, H, t, Dh), then the MLP."""
+        n, t, d = x.shape
+        a = a.transpose(0, 2, 1, 3).reshape(n, t, d)                    # [n, t, d]
+        x = x + a @ blk["attn.c_proj.weight"] + blk["attn.c_proj.bias"]
+        h = layer_norm(x, blk["ln_2.weight"], blk["ln_2.bias"], self.config.layer_norm_epsilon)
+        h = self._act(h @ blk["mlp.c_fc.weight"] + blk["mlp.c_fc.bias"])  # [n, t, 4d]
+        return x + h @ blk["mlp.c_proj.weight"] + blk["mlp.c_proj.bias"]  # [n, t, d]
+
+    def _head(self, x: np.ndarray) -> np.ndarray:
+        x = layer_norm(x, *self.ln_f, self.config.layer_norm_epsilon)
+        return x @ self.lm_head                                         # [..., V]
+
+    def _embed(self, ids: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
+            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
+        if pos.size and pos.max() >= self.max_context:
+            raise ValueError(f"position {int(pos.max())} is beyond the model's context of "
+                             f"{self.max_context} tokens")
+        return self.wte[ids] + self.wpe[pos]                            # [n, t, d]
+
+    # -- the plain definition -------------------------------------------------------------
+
+    def forward(self, token_ids: np.ndarray) -> np.ndarray:
+        """token_ids (N, T) -> logits (N, V) of the last position (positions 0..T-1)."""
+        ids = np.asarray(token_ids)
+        n, t = ids.shape
+        x = self._embed(ids, np.broadcast_to(np.arange(t), (n, t)))    # [N, T, d]
+        future = np.triu(np.ones((t, t), dtype=bool), k=1)              # [T, T]
+        for i, blk in enumerate(self.blocks):
+            q, k, v = self._qkv(blk, x)                                 # [N, H, T, Dh]
+            scores = q @ k.transpose(0, 1, 3, 2) * self._attn_scale(i)  # [N, H, T, T]
+            scores = np.where(future, MASK, scores)
+            scores -= scores.max(axis=-1, keepdims=True)
+            w = np.exp(scores)
+            w /= w.sum(axis=-1, keepdims=True)
+            x = self._finish_block(blk, x, w @ v)                       # [N, T, d]
+        return self._head(x[:, -1])                                     # [N, V]
+
+    # -- the cached protocol --------------------------------------------------------------
+
+    def new_cache(self, rows: int, slots: int) -> KVCache:
+        """An empty cache for up to ``rows`` sequences of up to ``slots`` tokens."""
+        c = self.config
+        return KVCache(layers=c.n_layer, rows=rows, heads=c.n_head, slots=slots,
+                       head_dim=self.head_dim, dtype=self.dtype)
+
+    def prefill(self, prompts: Sequence[Sequence[int]], cache: KVCache) -> np.ndarray:
+        """Write the prompts left-padded into cache rows 0..N-1; logits (N, V) of their last token."""
+        ids, lengths = left_pad(prompts)
+        if lengths.max() > self.max_context:
+            raise ValueError(f"a prompt of {int(lengths.max())} tokens exceeds the model's "
+                             f"context of {self.max_context}")
+        cache.begin(lengths, ids.shape[1])
+        return self.extend(ids, cache)[:, -1]
+
+    def extend(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Append tokens (n, t) to cache rows 0..n-1; return their logits (n, t, V)."""
+        tokens = np.asarray(tokens)
+        n, t = tokens.shape
+        # Each row counts positions from its own first real token; padding slots sit before it
+        # (negative positions), are never attended to, and just need a valid embedding row.
+        pos = np.maximum(cache.positions(t), 0)                         # [n, t]
+        x = self._embed(tokens, pos)                                    # [n, t, d]
+        for i, blk in enumerate(self.blocks):
+            q, k, v = self._qkv(blk, x)                                 # [n, H, t, Dh]
+            cache.write(i, k, v)
+            x = self._finish_block(blk, x, cache.attend(i, q, self._attn_scale(i)))
+        cache.advance(t)
+        return self._head(x)                                            # [n, t, V]

@@ -1,0 +1,153 @@
+"""GPT2 against HuggingFace transformers (the oracle) on random-weight checkpoints built locally."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+from npdecode.models.gpt2 import GPT2  # noqa: E402
+from npdecode.models.protocol import is_cached  # noqa: E402
+
+V, POSITIONS = 97, 40
+
+
+def build_checkpoint(path, *, seed=0, tied=True, activation="gelu_new", n_layer=2,
+                     scale_by_layer=False):
+    """Save a random GPT-2 (weights drawn wider than HF's init, so logits are not flat)."""
+    config = transformers.GPT2Config(
+        vocab_size=V, n_positions=POSITIONS, n_embd=32, n_layer=n_layer, n_head=4,
+        activation_function=activation, tie_word_embeddings=tied,
+        scale_attn_by_inverse_layer_idx=scale_by_layer,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    torch.manual_seed(seed)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name and name.endswith("weight"):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.3)
+    model.save_pretrained(path)
+    return model
+
+
+def hf_last_logits(model, prompts, dtype):
+    """Logits of each prompt's last token, left-padded with mask and mask-derived positions."""
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros((len(prompts), width), dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        out = model.to(dtype)(input_ids=ids, attention_mask=mask, position_ids=pos)
+    return out.logits[:, -1].numpy()
+
+
+RAGGED = [[5, 17, 3, 88, 41, 2, 9], [60], [1, 2, 3, 4], [96, 0, 50, 50, 7, 12, 13, 14, 15, 30]]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_ragged_prefill_logits_match_transformers_float32(tmp_path, tied):
+    hf = build_checkpoint(tmp_path, tied=tied)
+    model = GPT2.from_pretrained(tmp_path, dtype=np.float32)
+    cache = model.new_cache(len(RAGGED), 12)
+    ours = model.prefill(RAGGED, cache)                                  # [N, V]
+    ref = hf_last_logits(hf, RAGGED, torch.float32)
+    assert ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("activation,scale_by_layer", [("gelu_new", True), ("gelu", False),
+                                                       ("relu", False)])
+def test_config_variants_match_transformers_float64(tmp_path, activation, scale_by_layer):
+    hf = build_checkpoint(tmp_path, activation=activation, scale_by_layer=scale_by_layer,
+                          n_layer=3, seed=1)
+    model = GPT2.from_pretrained(tmp_path, dtype=np.float64)
+    ours = model.prefill(RAGGED, model.new_cache(len(RAGGED), 12))
+    ref = hf_last_logits(hf, RAGGED, torch.float64)
+    np.testing.assert_allclose(ours, ref, atol=1e-9, rtol=0)
+
+
+def test_forward_equals_transformers_on_equal_length_rows(tmp_path):
+    hf = build_checkpoint(tmp_path, seed=2)
+    model = GPT2.from_pretrained(tmp_path, dtype=np.float64)
+    ids = np.random.default_rng(0).integers(0, V, (3, 9))
+    with torch.no_grad():
+        ref = hf.double()(torch.tensor(ids)).logits[:, -1].numpy()
+    np.testing.assert_allclose(model.forward(ids), ref, atol=1e-9, rtol=0)
+
+
+def test_cached_decoding_equals_uncached_forward(tmp_path):
+    build_checkpoint(tmp_path, seed=3)
+    model = GPT2.from_pretrained(tmp_path, dtype=np.float64)
+    assert is_cached(model)
+    rng = np.random.default_rng(1)
+    prompts = [[int(t) for t in rng.integers(0, V, n)] for n in (3, 7, 1, 5)]
+    seqs = [list(p) for p in prompts]
+    cache = model.new_cache(len(prompts), 7 + 6)
+    logits = model.prefill(prompts, cache)                               # [N, V]
+    for step in range(6):
+        for i, s in enumerate(seqs):
+            np.testing.assert_allclose(logits[i], model.forward(np.array([s]))[0],
+                                       atol=1e-10, rtol=0)
+        nxt = rng.integers(0, V, len(seqs))                              # [N]
+        for s, t in zip(seqs, nxt):
+            s.append(int(t))
+        logits = model.extend(nxt[:, None], cache)[:, 0]                 # [N, V]
+
+
+def test_extend_several_tokens_at_once_equals_one_at_a_time(tmp_path):
+    build_checkpoint(tmp_path, seed=4)
+    model = GPT2.from_pretrained(tmp_path, dtype=np.float64)
+    prompts = [[3, 4, 5], [9]]
+    block = np.array([[1, 2, 3], [4, 5, 6]])
+    a = model.new_cache(2, 8)
+    model.prefill(prompts, a)
+    together = model.extend(block, a)                                    # [2, 3, V]
+    b = model.new_cache(2, 8)
+    model.prefill(prompts, b)
+    apart = np.stack([model.extend(block[:, j:j + 1], b)[:, 0] for j in range(3)], axis=1)
+    np.testing.assert_allclose(together, apart, atol=1e-10, rtol=0)
+
+
+def test_context_limit_is_the_number_of_positions(tmp_path):
+    build_checkpoint(tmp_path)
+    model = GPT2.from_pretrained(tmp_path)
+    assert model.max_context == POSITIONS and model.vocab_size == V
+    model.forward(np.zeros((1, POSITIONS), dtype=np.int64))              # exactly full: fine
+    with pytest.raises(ValueError, match="context"):
+        model.forward(np.zeros((1, POSITIONS + 1), dtype=np.int64))
+    cache = model.new_cache(1, POSITIONS + 2)
+    model.prefill([[1] * POSITIONS], cache)
+    with pytest.raises(ValueError, match="context"):
+        model.extend(np.array([[1]]), cache)                             # position 40 does not exist
+
+
+def test_search_refuses_prompt_that_would_outgrow_the_context(tmp_path):
+    from npdecode.search.validate import check_context
+    build_checkpoint(tmp_path)
+    model = GPT2.from_pretrained(tmp_path)
+    check_context(model, [[1] * 30], POSITIONS - 30)
+    with pytest.raises(ValueError, match="context"):
+        check_context(model, [[1] * 30], POSITIONS - 29)
+
+
+def test_tokenizer_round_trip(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from npdecode.models.tokenizer import load_tokenizer
+    words = ["<|endoftext|>", "hello", "world", "beam", "search"]
+    backend = tokenizers.Tokenizer(tokenizers.models.WordLevel(
+        {w: i for i, w in enumerate(words)}, unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    backend.decoder = tokenizers.decoders.WordPiece()  # joins word-level tokens with spaces
+    backend.save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(tmp_path)
+    assert tok.encode("hello beam search") == [1, 3, 4]
+    assert tok.decode([2, 3]) == "world beam"
+    assert tok.token_id("<|endoftext|>") == 0 and tok.vocab_size == len(words)
