@@ -48,7 +48,7 @@ class TinyLM:
                 setattr(self, name, getattr(self, name).astype(self.dtype))
         # Fused projection for the cached path: one matmul instead of three.
         self._Wqkv = np.concatenate([self.Wq, self.Wk, self.Wv], axis=1)  # [d, 3d]
-        self._scale = 1 / np.sqrt(d_model)
+        self._scale = float(1 / np.sqrt(d_model))  # a Python float keeps float32 float32
 
     # -- the plain definition -------------------------------------------------------------
 

@@ -1,0 +1,115 @@
+"""SPEC section 4: every bad input gets a clear error before any work starts."""
+
+import numpy as np
+import pytest
+
+from npdecode import TinyLM, batched_beam_search
+
+
+class Counting(TinyLM):
+    """TinyLM that counts its calls, to prove that refused input cost no model work."""
+
+    calls = 0
+
+    def prefill(self, prompts, cache):
+        self.calls += 1
+        return super().prefill(prompts, cache)
+
+    def forward(self, ids):
+        self.calls += 1
+        return super().forward(ids)
+
+
+@pytest.fixture
+def model():
+    return Counting(vocab_size=10, d_model=4, seed=0)
+
+
+def run(model, prompts=([1, 2],), **kw):
+    args = dict(beam_width=2, max_new_tokens=3, alpha=0.6, eos_token_id=0)
+    return batched_beam_search(model, list(prompts), **{**args, **kw})
+
+
+def refused(model, match, **kw):
+    with pytest.raises(ValueError, match=match):
+        run(model, **kw)
+    assert model.calls == 0
+
+
+def test_no_prompts_return_an_empty_list(model):
+    assert run(model, prompts=[]) == []
+
+
+def test_an_empty_prompt_names_its_batch_index(model):
+    refused(model, r"prompt 1 is empty", prompts=[[1], []])
+
+
+@pytest.mark.parametrize("bad, shown", [(1.5, "1.5"), (-1, "-1"), (10, "10"), ("3", "'3'")])
+def test_a_bad_token_names_item_position_value_and_vocab(model, bad, shown):
+    refused(model, rf"prompt 1, position 2: token {shown}.*vocab size 10",
+            prompts=[[1], [1, 2, bad]])
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.0, True, None])
+def test_beam_width_must_be_a_positive_integer(model, value):
+    refused(model, "beam_width", beam_width=value)
+
+
+@pytest.mark.parametrize("value", [-1, 1.0, "4"])
+def test_max_new_tokens_must_be_a_non_negative_integer(model, value):
+    refused(model, "max_new_tokens", max_new_tokens=value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_alpha_must_be_finite(model, value):
+    refused(model, "alpha", alpha=value)
+
+
+@pytest.mark.parametrize("value", [-1, 10, 2.0])
+def test_eos_must_be_inside_the_vocabulary(model, value):
+    refused(model, "eos_token_id", eos_token_id=value)
+
+
+def test_a_prompt_too_long_for_the_context_is_refused_before_decoding(model):
+    model.max_context = 6
+    refused(model, r"prompt 1 has 4 tokens.*needs 7 positions.*context is 6",
+            prompts=[[1], [1, 2, 3, 4]], max_new_tokens=3)
+    assert run(model, prompts=[[1], [1, 2, 3]], max_new_tokens=3)  # exactly fits
+
+
+class Faulty:
+    """Returns good logits except for one fault, on the row of batch item 1 at step 2."""
+
+    vocab_size = 5
+
+    def __init__(self, fault):
+        self.fault, self.calls = fault, 0
+
+    def forward(self, ids):
+        ids = np.asarray(ids)
+        logits = np.tile(np.linspace(0, 1, 5), (len(ids), 1))
+        if ids.shape[1] == 4 and ids[0, 0] == 3:  # item 1 (prompt [3, 3]) at step 2
+            if self.fault == "shape":
+                return logits[:, :3]
+            logits[0] = {"nan": [0, np.nan, 0, 0, 0], "posinf": [0, np.inf, 0, 0, 0],
+                         "neginf": [-np.inf] * 5}[self.fault]
+        return logits
+
+
+@pytest.mark.parametrize("fault, match", [
+    ("shape", r"shape \(\d+, 3\).*expected"), ("nan", "NaN.*batch item 1"),
+    ("posinf", r"\+inf.*batch item 1"), ("neginf", "entirely -inf.*batch item 1")])
+def test_bad_model_output_is_reported_with_its_batch_item(fault, match):
+    with pytest.raises(ValueError, match=match):
+        batched_beam_search(Faulty(fault), [[1], [3, 3]], beam_width=1, max_new_tokens=4)
+
+
+def test_a_model_without_a_vocab_size_is_checked_against_its_logits():
+    class Anonymous:
+        def forward(self, ids):
+            return np.zeros((len(ids), 4))
+
+    with pytest.raises(ValueError, match="vocab size 4"):
+        batched_beam_search(Anonymous(), [[5]], beam_width=1, max_new_tokens=2)
+    with pytest.raises(ValueError, match="eos_token_id 4"):
+        batched_beam_search(Anonymous(), [[1]], beam_width=1, max_new_tokens=2, eos_token_id=4)

@@ -1,0 +1,67 @@
+"""Numerical robustness: huge logits, masked tokens, long generations."""
+
+import math
+
+import numpy as np
+
+from npdecode import TinyLM, batched_beam_search
+from npdecode.numerics import log_softmax
+from reference_beam import reference_beam_search
+
+
+class FixedLogits:
+    """A model whose logits are the same row whatever the input."""
+
+    def __init__(self, row):
+        self.row = np.asarray(row, dtype=np.float64)
+        self.vocab_size = len(self.row)
+
+    def forward(self, token_ids):
+        return np.tile(self.row, (len(token_ids), 1))
+
+
+def test_logits_of_magnitude_1e4_give_exact_finite_logprobs():
+    model = FixedLogits([1e4, 1e4 - 1.0, -1e4, 1e4 - 2.0])
+    res = batched_beam_search(model, [[1]], beam_width=2, max_new_tokens=3)[0]
+    # log-softmax by hand: lp0 = -log(1 + e^-1 + e^-2), lp1 = lp0 - 1
+    lp0 = -math.log(1 + math.exp(-1) + math.exp(-2))
+    assert res[0].tokens == [0, 0, 0] and abs(res[0].logprob - 3 * lp0) < 1e-9
+    assert res[1].tokens == [0, 0, 1] and abs(res[1].logprob - (3 * lp0 - 1)) < 1e-9
+
+
+def test_masked_tokens_are_never_chosen_while_real_ones_remain():
+    row = np.array([0.5, -np.inf, 1.0, -np.inf, 0.2, 0.1])
+    model = FixedLogits(row)
+    res = batched_beam_search(model, [[0]], beam_width=4, max_new_tokens=3)[0]
+    assert all(t not in (1, 3) for h in res for t in h.tokens)
+    assert all(np.isfinite(h.score) for h in res)
+    lp = log_softmax(row)
+    for h in res:
+        assert abs(h.logprob - sum(lp[t] for t in h.tokens)) < 1e-12
+
+
+def test_masked_tokens_follow_the_spec_when_the_pool_is_wider_than_the_real_tokens():
+    # Two real tokens, K=3: the top-m candidates include a masked one, with score -inf.
+    model = FixedLogits([0.0, -np.inf, 1.0])
+    got = batched_beam_search(model, [[0]], beam_width=3, max_new_tokens=2, eos_token_id=0)[0]
+    want = reference_beam_search(model, [[0]], beam_width=3, max_new_tokens=2, eos_token_id=0)[0]
+    assert [h.tokens for h in got] == [h.tokens for h in want]
+    np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-12)
+    assert math.isinf(got[-1].score)  # the masked candidate really is in the pool
+    assert not any(math.isnan(h.score) for h in got)
+
+
+def test_two_thousand_steps_stay_finite_and_exact():
+    m = TinyLM(vocab_size=20, d_model=8, seed=0)
+    prompt = [1, 2, 3]
+    res = batched_beam_search(m, [prompt], beam_width=2, max_new_tokens=2000, alpha=0.6)[0]
+    best = res[0]
+    assert len(best.tokens) == 2000 and np.isfinite(best.logprob)
+    assert abs(best.score - best.logprob / 2000 ** 0.6) < 1e-9
+    # Teacher-force the whole sequence in one call and sum the log-probabilities.
+    seq = np.array(prompt + best.tokens)
+    cache = m.new_cache(rows=1, slots=len(seq))
+    cache.begin(np.array([len(seq)]), len(seq))
+    lp = log_softmax(m.extend(seq[None], cache)[0])          # [T, V]
+    want = lp[np.arange(2, len(seq) - 1), seq[3:]].sum()
+    assert abs(best.logprob - want) < 1e-8 * abs(want)

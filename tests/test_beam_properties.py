@@ -1,0 +1,53 @@
+"""The fast path against the slow per-beam reference on random models and settings."""
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from npdecode import TinyLM, batched_beam_search
+from reference_beam import reference_beam_search
+
+
+@st.composite
+def cases(draw):
+    vocab = draw(st.integers(2, 24))
+    model = TinyLM(vocab_size=vocab, d_model=draw(st.sampled_from([4, 8, 16])),
+                   seed=draw(st.integers(0, 2**16)))
+    prompts = draw(st.lists(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=6),
+                            min_size=1, max_size=4))
+    # EOS among the likely tokens half the time, so that beams really do finish
+    eos = draw(st.one_of(st.none(), st.integers(0, vocab - 1),
+                         st.just(int(np.argmax(model.forward(np.array([prompts[0]]))[0])))))
+    return dict(model=model, prompts=prompts, beam_width=draw(st.integers(1, 6)),
+                max_new_tokens=draw(st.integers(0, 6)),
+                alpha=draw(st.floats(0.0, 2.5)), eos_token_id=eos)
+
+
+def check_equal(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert [h.tokens for h in g] == [h.tokens for h in w]
+        assert [h.finished for h in g] == [h.finished for h in w]
+        np.testing.assert_allclose([h.score for h in g], [h.score for h in w], rtol=0, atol=1e-9)
+        np.testing.assert_allclose([h.logprob for h in g], [h.logprob for h in w], rtol=0,
+                                   atol=1e-9)
+
+
+@settings(max_examples=80, deadline=None)
+@given(cases())
+def test_cached_fast_path_equals_the_reference(case):
+    check_equal(batched_beam_search(**case), reference_beam_search(**case))
+
+
+@settings(max_examples=30, deadline=None)
+@given(cases())
+def test_recompute_path_equals_the_cached_path(case):
+    check_equal(batched_beam_search(**case, use_cache=False), batched_beam_search(**case))
+
+
+@settings(max_examples=30, deadline=None)
+@given(cases(), st.integers(0, 3))
+def test_each_prompt_gives_the_same_result_alone(case, which):
+    batch = batched_beam_search(**case)
+    b = which % len(case["prompts"])
+    alone = batched_beam_search(**{**case, "prompts": [case["prompts"][b]]})
+    check_equal([batch[b]], alone)

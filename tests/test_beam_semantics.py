@@ -1,0 +1,204 @@
+"""Beam search semantics (SPEC section 3) on models whose right answer is known."""
+
+import itertools
+import math
+
+import numpy as np
+
+from npdecode import TinyLM, batched_beam_search
+from npdecode.numerics import log_softmax
+from reference_beam import reference_beam_search
+from scripted import ScriptedLM
+
+EOS = 0
+
+
+def tokens(hyps):
+    return [h.tokens for h in hyps]
+
+
+def assert_same(got, want, tol=1e-9):
+    assert tokens(got) == tokens(want)
+    assert [h.finished for h in got] == [h.finished for h in want]
+    np.testing.assert_allclose([h.score for h in got], [h.score for h in want], rtol=0, atol=tol)
+    np.testing.assert_allclose([h.logprob for h in got], [h.logprob for h in want], rtol=0,
+                               atol=tol)
+
+
+def test_beam_width_one_without_penalty_is_greedy_argmax():
+    m = TinyLM(vocab_size=50, d_model=16, seed=4)
+    prompt = [5, 17, 33]
+    seq, logprob = list(prompt), 0.0
+    for _ in range(10):
+        lp = log_softmax(m.forward(np.array([seq]))[0])
+        t = int(np.argmax(lp))
+        seq.append(t)
+        logprob += lp[t]
+    (best,), = batched_beam_search(m, [prompt], beam_width=1, max_new_tokens=10, alpha=0.0)
+    assert best.tokens == seq[3:]
+    assert abs(best.logprob - logprob) < 1e-9 and best.score == best.logprob
+
+
+def test_a_prompt_gives_the_same_hypotheses_alone_and_in_a_batch():
+    m = TinyLM(vocab_size=60, d_model=16, seed=7)
+    p0, p1 = [3, 14, 15], [9, 26, 5, 35, 8]
+    kw = dict(beam_width=3, max_new_tokens=8, alpha=0.6, eos_token_id=EOS)
+    alone = batched_beam_search(m, [p0], **kw)[0]
+    batch = batched_beam_search(m, [p0, p1], **kw)
+    assert_same(batch[0], alone)
+    assert tokens(batch[1]) != tokens(batch[0])  # the other prompt really is different
+
+
+def test_three_ragged_prompts_each_match_their_solo_run():
+    m = TinyLM(vocab_size=80, d_model=16, seed=11)
+    prompts = [[1, 2], [3, 4, 5, 6, 7, 8, 9], [10, 11, 12, 13]]
+    eos = int(np.argmax(m.forward(np.array([prompts[0]]))[0]))  # a likely token: EOS is frequent
+    kw = dict(beam_width=3, max_new_tokens=10, alpha=0.6, eos_token_id=eos)
+    batch = batched_beam_search(m, prompts, **kw)
+    for b, p in enumerate(prompts):
+        assert_same(batch[b], batched_beam_search(m, [p], **kw)[0])
+
+
+def eos_retention_model():
+    # Step 1: EOS at -3.0, token 1 at -4.0; the other 98 tokens share the rest (-4.65 each).
+    # After [1]: token 1 at -1.0, EOS far below, the others at -5.04 each.
+    return ScriptedLM(vocab_size=100, prompt_len=3, script={
+        (): {EOS: -3.0, 1: -4.0},
+        (1,): {1: -1.0, EOS: -20.0},
+    })
+
+
+def drop_finished_variant(model, prompt, K, T, alpha):
+    """The common bug: a beam that emits EOS leaves the pool and never competes again."""
+    pool = [((), 0.0)]
+    for _ in range(T):
+        cands = []
+        for g, lp in pool:
+            out = log_softmax(model.forward(np.array([prompt + list(g)]))[0])
+            cands += [(g + (t,), lp + out[t]) for t in range(len(out)) if t != EOS]
+        pool = sorted(cands, key=lambda c: -c[1] / len(c[0]) ** alpha)[:K]
+    return [list(g) for g, _ in pool]
+
+
+def test_a_finished_beam_keeps_its_place_in_the_pool():
+    model = eos_retention_model()
+    prompt = [4, 1, 2]
+    first, second = batched_beam_search(model, [prompt], beam_width=2, max_new_tokens=2,
+                                        alpha=0.6, eos_token_id=EOS)[0]
+    assert first.tokens == [EOS] and first.finished and abs(first.score - (-3.0)) < 1e-12
+    assert second.tokens == [1, 1] and not second.finished
+    assert abs(second.logprob - (-5.0)) < 1e-12
+    assert abs(second.score - (-5.0 / 2 ** 0.6)) < 1e-12
+    # The same scenario through the buggy variant puts [1, 1] first: the test tells them apart.
+    assert drop_finished_variant(eos_retention_model(), prompt, 2, 2, 0.6)[0] == [1, 1]
+
+
+def test_an_early_confident_finish_beats_a_longer_beam_without_penalty():
+    # Beam A: 2, 2, EOS at -1.0 each (-3.0 at step 3). Beam B: 3, 3, 3, 3, 3 at -1.0 each.
+    # The other tokens of a 20-token vocabulary share what is left: at most -3.4 each, so no
+    # other branch ever ranks in the top 2.
+    script = {(): {2: -1.0, 3: -1.0}, (2,): {2: -1.0}, (2, 2): {EOS: -1.0}}
+    for n in range(1, 5):
+        script[(3,) * n] = {3: -1.0}
+    model = ScriptedLM(vocab_size=20, prompt_len=2, script=script)
+    a, b = batched_beam_search(model, [[1, 1]], beam_width=2, max_new_tokens=5, alpha=0.0,
+                               eos_token_id=EOS)[0]
+    assert a.tokens == [2, 2, EOS] and a.finished and abs(a.score - (-3.0)) < 1e-12
+    assert b.tokens == [3, 3, 3, 3, 3] and not b.finished and abs(b.score - (-5.0)) < 1e-12
+
+
+def test_a_beam_that_emits_eos_is_never_expanded_again():
+    model = eos_retention_model()
+    batched_beam_search(model, [[1, 2, 3]], beam_width=2, max_new_tokens=4, alpha=0.6,
+                        eos_token_id=EOS)
+    assert model.seen, "the model was never called"
+    assert all(EOS not in prefix for prefix in model.seen)
+    # cached path: count the rows the model is run on, and check no EOS is ever fed back
+    fed = []
+
+    class Counting(TinyLM):
+        def extend(self, toks, cache):
+            fed.append(np.asarray(toks).copy())
+            return super().extend(toks, cache)
+
+    m = Counting(vocab_size=30, d_model=8, seed=0)
+    eos = int(np.argmax(m.forward(np.array([[4, 5]]))[0]))
+    res = batched_beam_search(m, [[4, 5]], beam_width=2, max_new_tokens=6, eos_token_id=eos)[0]
+    assert any(h.finished for h in res)
+    steps = fed[1:]  # fed[0] is the prompt prefill
+    assert all(eos not in s for s in steps)
+    assert all(len(s) <= 2 for s in steps)   # never more rows than live beams
+
+
+def test_a_larger_alpha_favours_the_longer_of_two_finished_hypotheses():
+    # short: [EOS] at -2.0 (length 1); long: [1, 1, EOS] at -1.0 each, -3.0 (length 3)
+    # (token 3 takes the probability left over in each row)
+    script = {(): {EOS: -2.0, 1: -1.0, 2: -5.0}, (1,): {1: -1.0, EOS: -6.0, 2: -6.0},
+              (1, 1): {EOS: -1.0, 1: -6.0, 2: -6.0}}
+    model = ScriptedLM(vocab_size=4, prompt_len=1, script=script, default={EOS: -0.5})
+    short, long_ = [EOS], [1, 1, EOS]
+    order = {}
+    for alpha in (0.0, 2.0):
+        res = batched_beam_search(model, [[3]], beam_width=64, max_new_tokens=3, alpha=alpha,
+                                  eos_token_id=EOS)[0]
+        found = {tuple(h.tokens): (i, h.score) for i, h in enumerate(res)}
+        (i_s, s_s), (i_l, s_l) = found[tuple(short)], found[tuple(long_)]
+        assert abs(s_s - (-2.0)) < 1e-12 and abs(s_l - (-3.0 / 3 ** alpha)) < 1e-12
+        order[alpha] = i_s < i_l
+    assert order == {0.0: True, 2.0: False}  # -2 > -3 at alpha 0; -2 < -3/9 at alpha 2
+
+
+def brute_force(model, prompt, V, T, alpha, eos):
+    """Every finished sequence (EOS last) and every unfinished one of length T, ranked."""
+    out = []
+    for n in range(1, T + 1):
+        for g in itertools.product(range(V), repeat=n):
+            if eos in g[:-1] or (n < T and g[-1] != eos):
+                continue
+            lp = sum(log_softmax(model.forward(np.array([prompt + list(g[:i])]))[0])[g[i]]
+                     for i in range(n))
+            out.append((lp / n ** alpha, list(g), g[-1] == eos))
+    return sorted(out, key=lambda e: -e[0])
+
+
+def test_unpruned_beam_search_equals_brute_force_ranking():
+    for V, T, alpha, seed in [(4, 3, 0.0, 0), (4, 3, 0.7, 1), (5, 2, 1.5, 2), (3, 4, 0.6, 3)]:
+        model = TinyLM(vocab_size=V, d_model=8, seed=seed)
+        prompt = [1, 2]
+        want = brute_force(model, prompt, V, T, alpha, EOS)
+        got = batched_beam_search(model, [prompt], beam_width=len(want), max_new_tokens=T,
+                                  alpha=alpha, eos_token_id=EOS)[0]
+        assert [h.tokens for h in got] == [g for _, g, _ in want]
+        assert [h.finished for h in got] == [f for _, _, f in want]
+        np.testing.assert_allclose([h.score for h in got], [s for s, _, _ in want], atol=1e-9)
+
+
+def test_max_new_tokens_zero_returns_the_empty_hypothesis():
+    m = TinyLM(vocab_size=10, d_model=4, seed=0)
+    res = batched_beam_search(m, [[1], [2, 3]], beam_width=3, max_new_tokens=0, alpha=0.6)
+    for hyps in res:
+        assert len(hyps) == 1
+        h = hyps[0]
+        assert h.tokens == [] and h.score == 0.0 and h.logprob == 0.0 and not h.finished
+
+
+def test_beam_width_beyond_the_vocabulary_returns_fewer_hypotheses():
+    m = TinyLM(vocab_size=3, d_model=4, seed=0)
+    res = batched_beam_search(m, [[1]], beam_width=10, max_new_tokens=1, eos_token_id=None)[0]
+    assert sorted(tokens(res)) == [[0], [1], [2]]
+    assert_same(res, reference_beam_search(m, [[1]], beam_width=10, max_new_tokens=1)[0])
+
+
+def test_no_repeat_ngram_bans_repeated_bigrams_and_matches_the_reference():
+    m = TinyLM(vocab_size=6, d_model=8, seed=5)  # a tiny vocabulary repeats itself quickly
+    prompts = [[1, 2, 1], [3, 4]]
+    kw = dict(beam_width=3, max_new_tokens=8, alpha=0.6, eos_token_id=None,
+              no_repeat_ngram_size=2)
+    got = batched_beam_search(m, prompts, **kw)
+    for p, hyps in zip(prompts, got):
+        for h in hyps:
+            seq = p + h.tokens
+            bigrams = list(zip(seq, seq[1:]))
+            assert len(bigrams) == len(set(bigrams)), seq
+    for g, w in zip(got, reference_beam_search(m, prompts, **kw)):
+        assert_same(g, w)

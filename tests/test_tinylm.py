@@ -1,0 +1,103 @@
+"""TinyLM is the seed model of SPEC section 2, and its cached path agrees with forward."""
+
+import numpy as np
+import pytest
+
+from npdecode import TinyLM
+
+
+def spec_weights(vocab_size, d_model, seed):
+    """The construction of SPEC section 2, written out independently."""
+    rng = np.random.default_rng(seed)
+    s = 1 / np.sqrt(d_model)
+    d = d_model
+    w = {"embed": rng.standard_normal((vocab_size, d)) * s}
+    for name in ("Wq", "Wk", "Wv", "Wo"):
+        w[name] = rng.standard_normal((d, d)) * s
+    w["W1"] = rng.standard_normal((d, 4 * d)) * s
+    w["W2"] = rng.standard_normal((4 * d, d)) * s
+    w["lm_head"] = rng.standard_normal((d, vocab_size)) * s
+    return w
+
+
+def loop_forward(w, ids):
+    """SPEC forward for one sequence, one query position at a time (no masking trick)."""
+    x = w["embed"][ids]                                   # [T, d]
+    d = x.shape[1]
+    q, k, v = x @ w["Wq"], x @ w["Wk"], x @ w["Wv"]
+    out = np.zeros_like(x)
+    for i in range(len(ids)):
+        s = k[: i + 1] @ q[i] / np.sqrt(d)                # only the past and present
+        p = np.exp(s - s.max())
+        out[i] = (p / p.sum()) @ v[: i + 1]
+    x = x + out @ w["Wo"]
+    x = x + np.maximum(x @ w["W1"], 0) @ w["W2"]
+    return x[-1] @ w["lm_head"]
+
+
+def test_weights_are_bit_identical_to_the_spec_construction():
+    m = TinyLM(vocab_size=37, d_model=12, seed=5)
+    for name, value in spec_weights(37, 12, 5).items():
+        assert np.array_equal(getattr(m, name), value), name
+
+
+def test_forward_matches_the_definition():
+    m = TinyLM(vocab_size=30, d_model=8, seed=1)
+    w = spec_weights(30, 8, 1)
+    ids = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]])
+    got = m.forward(ids)
+    for r in range(2):
+        np.testing.assert_allclose(got[r], loop_forward(w, ids[r]), rtol=0, atol=1e-12)
+
+
+def test_cached_prefill_and_steps_agree_with_forward():
+    m = TinyLM(vocab_size=40, d_model=16, seed=2)
+    rng = np.random.default_rng(0)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
+    cache = m.new_cache(rows=6, slots=20)
+    logits = m.prefill(prompts, cache)
+    seqs = [list(p) for p in prompts]
+    for r, s in enumerate(seqs):
+        assert np.abs(logits[r] - m.forward(np.array([s]))[0]).max() < 1e-10
+    for _ in range(5):
+        # reorder by random parents (rows may duplicate or vanish), then one step
+        parents = rng.integers(0, len(seqs), size=rng.integers(1, 7))
+        tokens = rng.integers(0, 40, size=len(parents))
+        cache.reorder(parents)
+        seqs = [seqs[p] + [int(t)] for p, t in zip(parents, tokens)]
+        logits = m.extend(tokens[:, None], cache)[:, 0]
+        for r, s in enumerate(seqs):
+            assert np.abs(logits[r] - m.forward(np.array([s]))[0]).max() < 1e-10
+
+
+def test_rollback_then_multi_token_extend_agrees_with_forward():
+    m = TinyLM(vocab_size=40, d_model=16, seed=3)
+    prompts = [[1, 2, 3, 4], [5, 6]]
+    cache = m.new_cache(rows=2, slots=16)
+    m.prefill(prompts, cache)
+    m.extend(np.array([[7, 8, 9], [10, 11, 12]]), cache)
+    cache.truncate(cache.end[:2] - np.array([2, 0]))   # row 0 drops 2 tokens, row 1 none
+    seqs = [prompts[0] + [7], prompts[1] + [10, 11, 12]]
+    new = np.array([[13, 14], [15, 16]])
+    logits = m.extend(new, cache)                        # [2, 2, V]
+    for r in range(2):
+        for j in range(2):
+            ref = m.forward(np.array([seqs[r] + new[r, : j + 1].tolist()]))[0]
+            assert np.abs(logits[r, j] - ref).max() < 1e-10
+
+
+def test_float32_option():
+    m32 = TinyLM(vocab_size=20, d_model=8, seed=0, dtype=np.float32)
+    m64 = TinyLM(vocab_size=20, d_model=8, seed=0)
+    assert m32.embed.dtype == np.float32
+    ids = np.array([[1, 2, 3]])
+    assert m32.forward(ids).dtype == np.float32
+    np.testing.assert_allclose(m32.forward(ids), m64.forward(ids), rtol=1e-4, atol=1e-5)
+
+
+def test_cache_refuses_overflow():
+    m = TinyLM(vocab_size=20, d_model=8, seed=0)
+    cache = m.new_cache(rows=1, slots=3)
+    m.prefill([[1, 2, 3]], cache)
+    with pytest.raises(ValueError, match="full"):
+        m.extend(np.array([[4]]), cache)
