@@ -41,14 +41,18 @@ def test_masked_tokens_are_never_chosen_while_real_ones_remain():
 
 
 def test_masked_tokens_follow_the_spec_when_the_pool_is_wider_than_the_real_tokens():
-    # Two real tokens, K=3: the top-m candidates include a masked one, with score -inf.
+    # Two real tokens, K=3: the top-m candidates include a masked one, with score -inf; at
+    # the next step real two-token hypotheses push it out again.
     model = FixedLogits([0.0, -np.inf, 1.0])
-    got = batched_beam_search(model, [[0]], beam_width=3, max_new_tokens=2, eos_token_id=0)[0]
-    want = reference_beam_search(model, [[0]], beam_width=3, max_new_tokens=2, eos_token_id=0)[0]
-    assert [h.tokens for h in got] == [h.tokens for h in want]
-    np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-12)
-    assert math.isinf(got[-1].score)  # the masked candidate really is in the pool
-    assert not any(math.isnan(h.score) for h in got)
+    for steps in (1, 2):
+        got = batched_beam_search(model, [[0]], beam_width=3, max_new_tokens=steps,
+                                  eos_token_id=0)[0]
+        want = reference_beam_search(model, [[0]], beam_width=3, max_new_tokens=steps,
+                                     eos_token_id=0)[0]
+        assert [h.tokens for h in got] == [h.tokens for h in want]
+        np.testing.assert_allclose([h.score for h in got], [h.score for h in want], atol=1e-12)
+        assert not any(math.isnan(h.score) for h in got)
+        assert math.isinf(got[-1].score) == (steps == 1)
 
 
 def test_two_thousand_steps_stay_finite_and_exact():
