@@ -7,11 +7,31 @@ from npdecode import TinyLM, batched_beam_search
 from reference_beam import reference_beam_search
 
 
+class Masked(TinyLM):
+    """TinyLM with some tokens masked to -inf (a legitimate way to forbid them)."""
+
+    def __init__(self, masked, **kw):
+        super().__init__(**kw)
+        self.masked = list(masked)
+
+    def forward(self, ids):
+        out = super().forward(ids)
+        out[:, self.masked] = -np.inf
+        return out
+
+    def extend(self, tokens, cache):
+        out = super().extend(tokens, cache)
+        out[..., self.masked] = -np.inf
+        return out
+
+
 @st.composite
 def cases(draw):
     vocab = draw(st.integers(2, 24))
-    model = TinyLM(vocab_size=vocab, d_model=draw(st.sampled_from([4, 8, 16])),
-                   seed=draw(st.integers(0, 2**16)))
+    kw = dict(vocab_size=vocab, d_model=draw(st.sampled_from([4, 8, 16])),
+              seed=draw(st.integers(0, 2**16)))
+    masked = draw(st.lists(st.integers(0, vocab - 1), max_size=vocab - 1, unique=True))
+    model = Masked(masked, **kw) if masked else TinyLM(**kw)
     prompts = draw(st.lists(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=6),
                             min_size=1, max_size=4))
     # EOS among the likely tokens half the time, so that beams really do finish

@@ -83,28 +83,85 @@ class BeamState:
         return out
 
 
-def row_log_normalizer(logits: np.ndarray, row_max: np.ndarray) -> np.ndarray:
-    """log(sum(exp(logits))) per row (n,), in float64, stably shifted by the row max."""
-    shifted = np.subtract(logits, row_max[:, None], dtype=np.float64)   # [n, V]
+def log_normalizer(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logits as float64 (n, V) and log(sum(exp(logits))) per row (n,), max-shifted."""
+    x = logits.astype(np.float64)                                        # [n, V]
+    row_max = x.max(axis=1)                                              # [n]
+    shifted = x - row_max[:, None]
     np.exp(shifted, out=shifted)
-    return row_max.astype(np.float64) + np.log(shifted.sum(axis=1))
+    return x, row_max + np.log(shifted.sum(axis=1))
 
 
-def top_tokens(x: np.ndarray, k: int) -> np.ndarray:
-    """Indices (n, k) of each row's k largest entries; ties go to the lowest index.
+def kth_largest(x: np.ndarray, k: int) -> np.ndarray:
+    """The k-th largest entry of each row of x (n, m), k <= m."""
+    return np.partition(x, x.shape[1] - k, axis=1)[:, x.shape[1] - k]
 
-    argpartition picks arbitrarily among entries equal to the k-th largest value, so rows
-    where such ties straddle the boundary are redone with a stable sort.
+
+def candidate_bounds(value_max: np.ndarray, x: np.ndarray, item: np.ndarray, k: int,
+                     batch: int) -> np.ndarray:
+    """A per-row threshold on candidate logprobs that every item's top-k candidates pass.
+
+    ``value_max[r]`` is the best candidate of row r. When an item has at least k rows, the
+    k-th best of its rows' best candidates is a lower bound on its k-th best candidate (those
+    k candidates exist); otherwise each of its rows uses its own k-th best candidate, a bound
+    for the same reason. Returns (n,) thresholds in logprob units.
     """
-    n, v = x.shape
-    if k >= v:
-        return np.broadcast_to(np.arange(v), (n, v))
-    idx = np.argpartition(x, v - k, axis=1)[:, v - k:]                   # [n, k] unordered
-    kth = np.take_along_axis(x, idx, axis=1).min(axis=1)                 # [n]
-    straddle = (x >= kth[:, None]).sum(axis=1) > k                       # [n]
-    for r in np.flatnonzero(straddle):
-        idx[r] = np.argsort(-x[r], kind="stable")[:k]
-    return idx
+    n = len(item)
+    rows_of = np.bincount(item, minlength=batch)                          # [B]
+    per_item = np.full((batch, k), -np.inf)
+    bound = np.full(n, -np.inf)
+    full = rows_of[item] >= k                                             # [n]
+    if full.any():
+        # rank each row among its item's rows by its best candidate; keep the k-th best
+        order = np.lexsort((-value_max, item))
+        first = np.concatenate([[0], np.cumsum(rows_of)[:-1]])
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n) - first[item[order]]
+        sel = rank < k
+        per_item[item[sel], rank[sel]] = value_max[sel]
+        bound[full] = per_item[item[full], k - 1]
+    few = ~full
+    if few.any():
+        k_row = min(k, x.shape[1])  # a row cannot offer more candidates than the vocabulary
+        bound[few] = kth_largest(x[few], k_row) + (value_max[few] - x[few].max(axis=1))
+    return bound
+
+
+def top_candidates(x: np.ndarray, offset: np.ndarray, item: np.ndarray, k: int, batch: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each item's k best candidates (row, token) by logprob ``offset[row] + x[row, token]``.
+
+    Ties go to the lower row (the parent's place in the pool), then the lower token id.
+    Returns (value, row, token), each (B, k); missing entries have row -1.
+    """
+    n, V = x.shape
+    value_max = offset + x.max(axis=1)                                    # [n]
+    bound = candidate_bounds(value_max, x, item, k, batch)                # [n]
+    # A margin so that rounding in (bound - offset) can never exclude an entry equal to it.
+    # A row whose hypothesis already has logprob -inf offers only -inf candidates: it takes
+    # every token (inf - inf would be NaN), and the tie rule decides among them.
+    margin = 1e-9 * (1.0 + np.abs(bound))
+    with np.errstate(invalid="ignore"):
+        threshold = bound - offset - margin                               # [n]
+    threshold[np.isnan(threshold)] = -np.inf
+    flat = np.flatnonzero(x >= threshold[:, None])                        # [C] in (row, token) order
+    row, token = np.divmod(flat, V)
+    value = offset[row] + x.ravel()[flat]                                 # [C]
+    # Stable sorts: by value (highest first), then by item; equal values keep (row, token) order.
+    order = np.argsort(-value, kind="stable")
+    order = order[np.argsort(item[row[order]], kind="stable")]
+    it = item[row[order]]
+    first = np.searchsorted(it, np.arange(batch))                         # [B] group starts
+    rank = np.arange(len(order)) - first[it]
+    keep = rank < k
+    out_value = np.full((batch, k), -np.inf)
+    out_row = np.full((batch, k), -1, dtype=np.int64)
+    out_token = np.zeros((batch, k), dtype=np.int64)
+    sel = order[keep]
+    out_value[it[keep], rank[keep]] = value[sel]
+    out_row[it[keep], rank[keep]] = row[sel]
+    out_token[it[keep], rank[keep]] = token[sel]
+    return out_value, out_row, out_token
 
 
 def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
@@ -118,19 +175,19 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     ``logits`` each continues (parents, (n',)) and the token it appended (n',).
     """
     B, K = state.valid.shape
-    live = state.live                                                    # [B, K]
-    item, slot = np.nonzero(live)                                        # [n] each
-    row_max = logits.max(axis=1)                                         # [n]
-    offset = state.logprob[item, slot] - row_log_normalizer(logits, row_max)   # [n]
-    choosable = logits if banned is None else np.where(banned, -np.inf, logits)
+    item, slot = np.nonzero(state.live)                                   # [n] each
+    x, lse = log_normalizer(logits)                                       # [n, V], [n]
+    offset = state.logprob[item, slot] - lse                              # [n]
+    if banned is not None:
+        x = np.where(banned, -np.inf, x)
 
-    # Only a row's top min(K, V) tokens can survive: every unfinished hypothesis of an item
-    # has the same length, so its candidates rank by logprob alone, and a candidate outside
-    # its own row's top K has K better candidates beside it. This is the same result as
-    # taking each beam's top 2K (the SPEC's candidate set), with less work.
-    k = min(K, logits.shape[1])
-    tok = top_tokens(choosable, k)                                       # [n, k]
-    cand_logprob = offset[:, None] + np.take_along_axis(choosable, tok, axis=1)  # [n, k]
+    # Only an item's K best candidates can enter its pool: every unfinished hypothesis of an
+    # item has the same length, so candidates rank by logprob alone. These K are always among
+    # the per-beam top 2K of the specification, so the result is the same.
+    cand_logprob, cand_row, cand_token = top_candidates(x, offset, item, K, B)  # [B, k]
+    k = cand_row.shape[1]
+    cand_ok = cand_row >= 0
+    cand_slot = np.where(cand_ok, slot[cand_row], 0)
     cand_score = cand_logprob / float(step + 1) ** alpha
 
     # The pool is formed from the item's finished hypotheses AND the new candidates. Finished
@@ -138,40 +195,28 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     # to defend its place. If it were moved out when it emitted EOS, longer beams with worse
     # length-penalized scores would fill the pool and take the result.
     # Columns 0..K-1: the current pool (only its finished entries compete as themselves);
-    # columns K..K+K*k-1: candidate (slot s, token rank i) at column K + s*k + i.
-    M = K + K * k
-    score = np.full((B, M), -np.inf)
-    logprob = np.full((B, M), -np.inf)
-    ok = np.zeros((B, M), dtype=bool)
-    token = np.zeros((B, M), dtype=np.int64)
-    parent = np.zeros((B, M), dtype=np.int64)
-    score[:, :K] = state.score
-    logprob[:, :K] = state.logprob
-    ok[:, :K] = state.valid & state.finished
-    parent[:, :K] = np.arange(K)
-    parent[:, K:] = np.repeat(np.arange(K), k)
-    cols = K + slot[:, None] * k + np.arange(k)                          # [n, k]
-    score[item[:, None], cols] = cand_score
-    logprob[item[:, None], cols] = cand_logprob
-    ok[item[:, None], cols] = True
-    token[item[:, None], cols] = tok
+    # columns K..K+k-1: the item's best candidates, already in rank order.
+    score = np.concatenate([state.score, cand_score], axis=1)             # [B, K+k]
+    logprob = np.concatenate([state.logprob, cand_logprob], axis=1)
+    ok = np.concatenate([state.valid & state.finished, cand_ok], axis=1)
+    parent = np.concatenate([np.broadcast_to(np.arange(K), (B, K)), cand_slot], axis=1)
+    token = np.concatenate([np.zeros((B, K), dtype=np.int64), cand_token], axis=1)
+    is_cand = np.arange(K + k) >= K
 
-    # Rank: real entries first, then score (highest first), then the tie rule of the module
-    # docstring: finished (columns < K) before candidates, parent slot, token id.
-    is_cand = np.arange(M) >= K
-    order = np.lexsort((token, parent, np.broadcast_to(is_cand, (B, M)), -score, ~ok),
-                       axis=-1)[:, :K]                                   # [B, K]
-
-    take = lambda a: np.take_along_axis(a, order, axis=1)                # noqa: E731
-    new_parent, new_token, new_is_cand = take(parent), take(token), is_cand[order]
-    tokens = np.take_along_axis(state.tokens, new_parent[:, :, None], axis=1)  # [B, K, T]
-    length = np.take_along_axis(state.length, new_parent, axis=1) + new_is_cand
-    cand_b, cand_j = np.nonzero(new_is_cand)
-    tokens[cand_b, cand_j, step] = new_token[cand_b, cand_j]
-    finished = ~new_is_cand | (new_token == eos_token_id if eos_token_id is not None
-                               else np.zeros((B, K), dtype=bool))
-    new = BeamState(tokens=tokens, length=length, logprob=take(logprob), score=take(score),
-                    finished=finished, valid=take(ok))
+    # Rank: real entries first, then score (highest first); at equal score the column order
+    # decides (stable sort), which is the tie rule of the module docstring.
+    order = np.lexsort((-score, ~ok), axis=-1)[:, :K]                     # [B, K]
+    b = np.arange(B)[:, None]
+    new_parent, new_token, new_is_cand = parent[b, order], token[b, order], is_cand[order]
+    tokens = state.tokens[b, new_parent]                                  # [B, K, T]
+    length = state.length[b, new_parent] + new_is_cand
+    cb, cj = np.nonzero(new_is_cand)
+    tokens[cb, cj, step] = new_token[cb, cj]
+    finished = ~new_is_cand
+    if eos_token_id is not None:
+        finished = finished | (new_token == eos_token_id)
+    new = BeamState(tokens=tokens, length=length, logprob=logprob[b, order],
+                    score=score[b, order], finished=finished, valid=ok[b, order])
 
     # Rows for the next model call: each new live slot continues its parent's row.
     row_of_slot = np.full((B, K), -1, dtype=np.int64)
