@@ -1,0 +1,398 @@
+"""Greedy and sampled decoding: frequencies against exact probabilities, the processors'
+arithmetic, the processing order, seeds that do not depend on the batch, EOS and budgets,
+and clear errors. Expected values come from softmax arithmetic and plain loops written here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from npdecode import TinyLM
+from npdecode.search import processors as P
+from npdecode.search.sampling import Generation, greedy, sample
+
+LOGITS = np.array([2.0, 1.6, 1.1, 0.9, 0.3, -0.2, -1.0, -2.5])  # fixed next-token logits
+N_DRAWS = 10_000
+TOL = 0.01   # SPEC'd tolerance; the largest binomial std here is sqrt(.25 / 1e4) = 0.005
+
+
+class FixedLogits:
+    """A model whose next-token logits never change (cached protocol not implemented)."""
+
+    def __init__(self, logits):
+        self.logits = np.asarray(logits, dtype=np.float64)
+        self.vocab_size = len(self.logits)
+
+    def forward(self, ids):
+        return np.tile(self.logits, (len(ids), 1))
+
+
+class ForwardOnly:
+    """Hides the cached protocol of a model, forcing the recompute path."""
+
+    def __init__(self, model):
+        self.model, self.vocab_size = model, model.vocab_size
+
+    def forward(self, ids):
+        return self.model.forward(ids)
+
+
+def softmax(x):
+    e = np.exp(np.asarray(x, dtype=np.float64) - np.max(x))
+    return e / e.sum()
+
+
+def same(a: list[Generation], b: list[Generation]) -> bool:
+    """Equal tokens and flags; logprobs within 1e-9 (a batch changes BLAS rounding only)."""
+    return len(a) == len(b) and all(
+        x.tokens == y.tokens and x.finished == y.finished and abs(x.logprob - y.logprob) < 1e-9
+        for x, y in zip(a, b))
+
+
+def frequencies(**kwargs) -> np.ndarray:
+    """Empirical next-token distribution of N_DRAWS seeded one-token samples of LOGITS."""
+    gens = sample(FixedLogits(LOGITS), [[0]] * N_DRAWS, max_new_tokens=1,
+                  seed=list(range(N_DRAWS)), **kwargs)
+    toks = np.array([g.tokens[0] for g in gens])
+    return np.bincount(toks, minlength=len(LOGITS)) / N_DRAWS
+
+
+def assert_top5_close(freq, exact):
+    top5 = np.argsort(-exact, kind="stable")[:5]
+    assert np.abs(freq[top5] - exact[top5]).max() < TOL
+    assert freq[exact == 0].sum() == 0   # filtered tokens are never drawn
+
+
+# -- sampling frequencies --------------------------------------------------------------------
+
+def test_plain_sampling_frequencies_match_softmax():
+    assert_top5_close(frequencies(), softmax(LOGITS))
+
+
+def test_top_k_frequencies_match_softmax_renormalized_over_the_k():
+    k = 3
+    exact = np.zeros(len(LOGITS))
+    best = np.argsort(-LOGITS)[:k]
+    exact[best] = np.exp(LOGITS[best]) / np.exp(LOGITS[best]).sum()
+    assert_top5_close(frequencies(top_k=k), exact)
+
+
+def test_top_p_frequencies_match_the_nucleus():
+    p = softmax(LOGITS)   # 0.36 0.24 0.15 0.12 .. (sorted already)
+    top_p = 0.7
+    # smallest prefix (most probable first) whose mass reaches top_p
+    size = next(i + 1 for i in range(len(p)) if p[: i + 1].sum() >= top_p)
+    exact = np.zeros(len(p))
+    exact[:size] = p[:size] / p[:size].sum()
+    assert 2 <= size < len(p)
+    assert_top5_close(frequencies(top_p=top_p), exact)
+
+
+def test_penalties_then_temperature_frequencies():
+    """Counts include the prompt; penalties hit the raw logits, then / T."""
+    prompt = [0, 0, 0, 1, 2, 2]
+    counts = np.bincount(prompt, minlength=len(LOGITS))
+    x = LOGITS - 0.4 * counts - 0.3 * (counts > 0)
+    exact = softmax(x / 2.0)
+    gens = sample(FixedLogits(LOGITS), [prompt] * N_DRAWS, max_new_tokens=1, temperature=2.0,
+                  frequency_penalty=0.4, presence_penalty=0.3, seed=list(range(N_DRAWS)))
+    freq = np.bincount([g.tokens[0] for g in gens], minlength=len(LOGITS)) / N_DRAWS
+    assert_top5_close(freq, exact)
+
+
+# -- processors --------------------------------------------------------------------------------
+
+X = np.array([[2.0, -1.0, 0.5, 0.5, 3.0, -np.inf],
+              [0.0, 0.0, 0.0, 1.0, -2.0, 4.0]])
+
+
+def test_temperature_scales_logits_by_one_over_t_exactly():
+    for t in (0.3, 0.7, 1.0, 2.5):
+        assert np.array_equal(P.apply_temperature(X, t), X / t)
+        want = np.stack([softmax(row / t) for row in X])
+        np.testing.assert_allclose(P.distribution(X, temperature=t), want, rtol=1e-12, atol=0)
+
+
+def test_top_k_keeps_k_best_with_ties_to_lowest_id():
+    out = P.top_k_filter(X, 3)
+    assert np.isfinite(out).sum(axis=1).tolist() == [3, 3]
+    assert np.flatnonzero(np.isfinite(out[0])).tolist() == [0, 2, 4]   # 0.5 tie: id 2 wins
+    assert np.flatnonzero(np.isfinite(out[1])).tolist() == [0, 3, 5]   # 0.0 tie: id 0 wins
+    assert np.array_equal(P.top_k_filter(X, 0), X) and np.array_equal(P.top_k_filter(X, 9), X)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p_and_at_least_one():
+    for row in X:
+        p = softmax(row)
+        order = sorted(range(len(p)), key=lambda i: (-p[i], i))
+        for top_p in (0.01, 0.5, 0.8, 0.95):
+            size = next(i + 1 for i in range(len(p)) if p[order[: i + 1]].sum() >= top_p)
+            kept = np.flatnonzero(np.isfinite(P.top_p_filter(row[None], top_p)[0]))
+            assert sorted(kept.tolist()) == sorted(order[:size])
+
+
+def test_min_p_keeps_tokens_above_a_fraction_of_the_best():
+    for row in X:
+        p = softmax(row)
+        for min_p in (0.05, 0.2, 0.5, 1.0):
+            kept = np.flatnonzero(np.isfinite(P.min_p_filter(row[None], min_p)[0]))
+            assert kept.tolist() == np.flatnonzero(p >= min_p * p.max()).tolist()
+
+
+def test_penalties_subtract_penalty_times_count():
+    counts = np.array([[0, 3, 1, 0, 2, 0], [5, 0, 0, 1, 0, 0]])
+    assert np.array_equal(P.apply_penalties(X, counts, frequency=0.5), X - 0.5 * counts)
+    assert np.array_equal(P.apply_penalties(X, counts, presence=0.7), X - 0.7 * (counts > 0))
+    both = P.apply_penalties(X, counts, frequency=0.5, presence=0.7)
+    assert np.array_equal(both, X - 0.5 * counts - 0.7 * (counts > 0))
+
+
+def test_processors_do_not_modify_their_input():
+    before = X.copy()
+    P.warp(X, temperature=0.5, top_k=2, top_p=0.5, min_p=0.1)
+    P.apply_penalties(X, np.ones_like(X), frequency=1.0, presence=1.0)
+    assert np.array_equal(X, before)
+
+
+def test_top_p_is_applied_after_temperature():
+    row, t, top_p = X[1], 3.0, 0.6
+    p = softmax(row / t)   # the hotter distribution needs more tokens to reach top_p
+    order = sorted(range(len(p)), key=lambda i: (-p[i], i))
+    size = next(i + 1 for i in range(len(p)) if p[order[: i + 1]].sum() >= top_p)
+    got = P.distribution(row[None], temperature=t, top_p=top_p)[0]
+    assert sorted(np.flatnonzero(got > 0).tolist()) == sorted(order[:size])
+    np.testing.assert_allclose(got[order[:size]], p[order[:size]] / p[order[:size]].sum())
+
+
+def test_sample_categorical_never_draws_a_zero_probability_token():
+    probs = np.array([[0.0, 0.5, 0.0, 0.5, 0.0]] * 4)
+    u = np.array([0.0, 0.4999999, 0.5, 1 - 2**-53])
+    assert P.sample_categorical(probs, u).tolist() == [1, 1, 3, 3]
+
+
+# -- greedy and its equivalents ----------------------------------------------------------------
+
+MODEL = TinyLM(vocab_size=30, d_model=16, seed=3)
+PROMPTS = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10], [3, 3]]
+
+
+def oracle_greedy(model, prompt, n, eos=None):
+    """Token by token with plain forward; returns (tokens, logprob, finished) and the gaps
+    between the best and second-best logits along the way."""
+    seq, out, lp, gaps = list(prompt), [], 0.0, []
+    for _ in range(n):
+        x = model.forward(np.array([seq]))[0]
+        t = int(np.argmax(x))
+        top2 = np.sort(x)[-2:]
+        gaps.append(top2[1] - top2[0])
+        lp += x[t] - x.max() - math.log(np.exp(x - x.max()).sum())
+        out.append(t)
+        seq.append(t)
+        if t == eos:
+            return out, lp, True, gaps
+    return out, lp, False, gaps
+
+
+@pytest.mark.parametrize("eos", [None, 7, 21])
+def test_greedy_matches_a_token_by_token_oracle(eos):
+    gens = greedy(MODEL, PROMPTS, max_new_tokens=12, eos_token_id=eos)
+    for p, g in zip(PROMPTS, gens):
+        toks, lp, fin, _ = oracle_greedy(MODEL, p, 12, eos)
+        assert g.tokens == toks and g.finished == fin
+        assert g.logprob == pytest.approx(lp, abs=1e-9)
+
+
+def test_temperature_zero_and_top_k_one_equal_greedy():
+    ref = greedy(MODEL, PROMPTS, max_new_tokens=12)
+    assert same(sample(MODEL, PROMPTS, max_new_tokens=12, temperature=0.0, seed=1), ref)
+    assert same(sample(MODEL, PROMPTS, max_new_tokens=12, top_k=1, seed=[1, 2, 3, 4]), ref)
+
+
+def test_temperature_towards_zero_equals_greedy():
+    """At T = 1e-4 the runner-up token has probability < exp(-gap / T) < 1e-40 per step."""
+    t = 1e-4
+    for p in PROMPTS:
+        *_, gaps = oracle_greedy(MODEL, p, 12)
+        assert min(gaps) / t > 92   # exp(-92) < 1e-40: the claim below is then certain
+    ref = greedy(MODEL, PROMPTS, max_new_tokens=12)
+    got = sample(MODEL, PROMPTS, max_new_tokens=12, temperature=t, seed=[1, 2, 3, 4])
+    assert [g.tokens for g in got] == [g.tokens for g in ref]
+
+
+def test_greedy_ties_go_to_the_lowest_id():
+    gens = greedy(FixedLogits([0.0, 1.0, 3.0, 3.0, 3.0]), [[0]], max_new_tokens=3)
+    assert gens[0].tokens == [2, 2, 2]
+
+
+def test_frequency_penalty_changes_greedy_path_as_arithmetic_says():
+    """Greedy with penalties on fixed logits, against a plain loop over the counts."""
+    logits = np.array([3.0, 2.0, 1.5, 0.0])
+    prompt, fp, pp, n = [2, 0], 0.6, 0.25, 10
+    seq, want = list(prompt), []
+    for _ in range(n):
+        c = np.bincount(seq, minlength=4)
+        t = int(np.argmax(logits - fp * c - pp * (c > 0)))
+        want.append(t)
+        seq.append(t)
+    got = sample(FixedLogits(logits), [prompt], max_new_tokens=n, temperature=0.0,
+                 frequency_penalty=fp, presence_penalty=pp)[0]
+    assert got.tokens == want and len(set(want)) > 2
+    # logprob stays the raw model's: every step scores under the unchanged logits
+    raw = logits - logits.max() - math.log(np.exp(logits - logits.max()).sum())
+    assert got.logprob == pytest.approx(sum(raw[t] for t in want), abs=1e-12)
+
+
+def test_cached_and_recompute_paths_agree():
+    kw = dict(max_new_tokens=10, temperature=0.9, top_k=8, top_p=0.9, min_p=0.05,
+              frequency_penalty=0.3, no_repeat_ngram_size=3, eos_token_id=5, seed=[7, 8, 9, 10])
+    a = sample(MODEL, PROMPTS, **kw)
+    b = sample(ForwardOnly(MODEL), PROMPTS, **kw)
+    assert [g.tokens for g in a] == [g.tokens for g in b]
+    for x, y in zip(a, b):
+        assert x.logprob == pytest.approx(y.logprob, abs=1e-9)
+
+
+# -- n-gram ban ----------------------------------------------------------------------------------
+
+def repeated_bigram(seq) -> bool:
+    bigrams = list(zip(seq, seq[1:]))
+    return len(bigrams) != len(set(bigrams))
+
+
+def test_no_repeat_ngram_2_never_repeats_a_bigram_prompt_included():
+    small = TinyLM(vocab_size=12, d_model=16, seed=4)
+    prompts = [[1, 2, 1], [3, 3], [5]] * 20
+    seeds = list(range(len(prompts)))
+    banned = sample(small, prompts, max_new_tokens=15, no_repeat_ngram_size=2, seed=seeds)
+    assert not any(repeated_bigram(p + g.tokens) for p, g in zip(prompts, banned))
+    free = sample(small, prompts, max_new_tokens=15, seed=seeds)
+    assert any(repeated_bigram(p + g.tokens) for p, g in zip(prompts, free))  # the check bites
+
+
+def test_a_row_with_every_token_banned_stops_unfinished():
+    gens = sample(FixedLogits([1.0, 2.0, 0.5]), [[0]], max_new_tokens=5, temperature=0.0,
+                  no_repeat_ngram_size=1)
+    assert gens == [Generation(tokens=[1, 2], logprob=gens[0].logprob, finished=False)]
+
+
+# -- seeds -----------------------------------------------------------------------------------------
+
+def test_a_prompt_gives_the_same_sample_alone_or_in_any_batch():
+    seeds = [11, 12, 13, 14]
+    kw = dict(max_new_tokens=12, temperature=1.3, top_p=0.95, eos_token_id=7)
+    batch = sample(MODEL, PROMPTS, seed=seeds, **kw)
+    for i, p in enumerate(PROMPTS):
+        assert same(sample(MODEL, [p], seed=seeds[i], **kw), [batch[i]])
+    order = [2, 0, 3, 1]
+    shuffled = sample(MODEL, [PROMPTS[i] for i in order], seed=[seeds[i] for i in order], **kw)
+    assert same(shuffled, [batch[i] for i in order])
+    # and the seed matters: other seeds give other samples somewhere
+    assert not same(sample(MODEL, PROMPTS, seed=[21, 22, 23, 24], **kw), batch)
+
+
+def test_an_int_seed_is_every_prompts_seed():
+    kw = dict(max_new_tokens=10, temperature=1.0)
+    assert same(sample(MODEL, PROMPTS, seed=5, **kw), sample(MODEL, PROMPTS, seed=[5] * 4, **kw))
+
+
+# -- EOS, budgets, finished rows ------------------------------------------------------------------
+
+class CountingRows:
+    """Records the number of rows of every extend call of a cached model."""
+
+    def __init__(self, model):
+        self.model, self.rows = model, []
+        self.vocab_size, self.max_context = model.vocab_size, model.max_context
+
+    def forward(self, ids):
+        return self.model.forward(ids)
+
+    def new_cache(self, rows, slots):
+        return self.model.new_cache(rows, slots)
+
+    def prefill(self, prompts, cache):
+        return self.model.prefill(prompts, cache)
+
+    def extend(self, tokens, cache):
+        self.rows.append(len(tokens))
+        return self.model.extend(tokens, cache)
+
+
+def test_finished_rows_stop_being_computed():
+    eos = oracle_greedy(MODEL, PROMPTS[0], 1)[0][0]   # prompt 0 ends at its first token
+    wrapped = CountingRows(MODEL)
+    gens = greedy(wrapped, PROMPTS, max_new_tokens=6, eos_token_id=eos)
+    assert gens[0].tokens == [eos] and gens[0].finished
+    assert wrapped.rows[0] == sum(eos not in g.tokens[:1] for g in gens) < len(PROMPTS)
+    assert len(wrapped.rows) == 5   # 6 tokens: prefill + 5 extends
+
+
+def test_budget_and_eos_semantics_when_sampling():
+    gens = sample(MODEL, [[1]] * 200, max_new_tokens=6, eos_token_id=4, temperature=1.5,
+                  seed=list(range(200)))
+    for g in gens:
+        assert len(g.tokens) <= 6 and 4 not in g.tokens[:-1]
+        assert g.finished == (g.tokens[-1] == 4)
+        assert g.finished or len(g.tokens) == 6
+    assert 0 < sum(g.finished for g in gens) < 200
+
+
+def test_zero_new_tokens_and_empty_batch():
+    assert sample(MODEL, [], max_new_tokens=3) == []
+    assert greedy(MODEL, [[1], [2, 3]], max_new_tokens=0) == [Generation(), Generation()]
+
+
+# -- errors ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(temperature=-0.1), "temperature"),
+    (dict(temperature=float("nan")), "temperature"),
+    (dict(top_k=-1), "top_k"),
+    (dict(top_k=1.5), "top_k"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.01), "top_p"),
+    (dict(min_p=-0.1), "min_p"),
+    (dict(min_p=1.5), "min_p"),
+    (dict(frequency_penalty=float("inf")), "frequency_penalty"),
+    (dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size"),
+    (dict(seed=1.0), "seed"),
+    (dict(seed=[1, 2]), "seed"),
+    (dict(seed=[1, 2, "3"]), "seed"),
+    (dict(seed=-1), "seed"),
+    (dict(max_new_tokens=-1), "max_new_tokens"),
+    (dict(max_new_tokens=2.0), "max_new_tokens"),
+    (dict(eos_token_id=30), "eos_token_id"),
+])
+def test_bad_options_are_refused_before_any_work(kwargs, match):
+    class Untouchable(ForwardOnly):
+        def forward(self, ids):
+            raise AssertionError("the model must not be called")
+
+    args = dict(max_new_tokens=3) | kwargs
+    with pytest.raises(ValueError, match=match):
+        sample(Untouchable(MODEL), [[1], [2], [3]], **args)
+
+
+def test_bad_prompts_are_refused():
+    with pytest.raises(ValueError, match="prompt 1"):
+        greedy(MODEL, [[1], []], max_new_tokens=2)
+    with pytest.raises(ValueError, match="prompt 0, position 1.*vocab size 30"):
+        sample(MODEL, [[1, 30]], max_new_tokens=2)
+
+
+def test_bad_logits_name_the_batch_item():
+    class NaNForItem2(ForwardOnly):
+        def forward(self, ids):
+            x = self.model.forward(ids).copy()
+            x[ids[:, 0] == 9] = np.nan
+            return x
+
+    with pytest.raises(ValueError, match="NaN.*batch item 2"):
+        sample(NaNForItem2(MODEL), [[1], [2], [9, 1]], max_new_tokens=3, seed=0)
+    wrong_width = FixedLogits(np.zeros(4))
+    wrong_width.vocab_size = 5   # declares 5 tokens, returns 4 logits
+    with pytest.raises(ValueError, match="shape"):
+        greedy(wrong_width, [[1]], max_new_tokens=1)

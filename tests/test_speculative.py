@@ -1,0 +1,362 @@
+"""Speculative sampling: lossless against the target's exact distribution, greedy at T = 0,
+one target call per round, exact budgets and EOS, clear errors.
+
+The statistical check. For a prompt, the exact distribution of the first two generated tokens
+is P(a, b) = p(a | prompt) * p(b | prompt + a), with p the target's processed distribution
+(temperature, top-k, top-p), computed here by enumerating all V * V pairs with the target's
+plain ``forward`` and a processor written in this file. N seeded runs are compared with it by
+Pearson's chi-square (cells with expected count < 5 pooled into one; a run landing in a cell
+of probability 0 fails outright). The critical value is the chi-square quantile at a
+false-alarm rate of 1e-6 (Wilson-Hilferty approximation), so a correct implementation fails
+it with probability about one in a million, while the known wrong variants written below
+(resampling from p instead of the residual after a rejection; drawing the bonus token from
+the draft) exceed it by far.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from npdecode import TinyLM
+from npdecode.search.sampling import greedy
+from npdecode.search.speculative import speculative_sample
+
+V = 6
+TARGET = TinyLM(vocab_size=V, d_model=16, seed=11)
+DRAFT = TinyLM(vocab_size=V, d_model=16, seed=12)   # another seed: q differs from p
+PROMPTS = ([1, 2], [3, 4, 5])                         # lengths differ: per-row cache ends
+RUNS = 6000                                           # runs per prompt
+Z_1E6 = 4.753424                                      # standard normal quantile 1 - 1e-6
+
+
+# -- the oracle ----------------------------------------------------------------------------
+
+def processed_probs(logits: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
+    """Textbook processing of one logits vector (V,): /T, keep top-k, keep the nucleus."""
+    x = np.asarray(logits, dtype=np.float64) / temperature
+    probs = np.exp(x - x.max())
+    probs /= probs.sum()
+    order = sorted(range(len(x)), key=lambda i: (-x[i], i))
+    keep = set(order[:top_k] if top_k else order)
+    probs = np.array([probs[i] if i in keep else 0.0 for i in range(len(x))])
+    probs /= probs.sum()
+    if top_p < 1.0:
+        mass, nucleus = 0.0, set()
+        for i in sorted(range(len(x)), key=lambda i: (-probs[i], i)):
+            if mass >= top_p:
+                break
+            nucleus.add(i)
+            mass += probs[i]
+        probs = np.array([probs[i] if i in nucleus else 0.0 for i in range(len(x))])
+        probs /= probs.sum()
+    return probs
+
+
+def next_probs(model, seq, cfg) -> np.ndarray:
+    return processed_probs(model.forward(np.array([seq]))[0], *cfg)
+
+
+def tables(model, prompt, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """p(. | prompt) (V,) and p(. | prompt + a) for every a (V, V)."""
+    first = next_probs(model, prompt, cfg)
+    second = np.stack([next_probs(model, prompt + [a], cfg) for a in range(V)])
+    return first, second
+
+
+def exact_pairs(prompt, cfg) -> np.ndarray:
+    """P(first two tokens = a, b) under the target alone, (V, V), by enumeration."""
+    first, second = tables(TARGET, prompt, cfg)
+    return first[:, None] * second
+
+
+def chi_square_excess(pairs: np.ndarray, exact: np.ndarray) -> float:
+    """Pearson chi-square of observed pairs (n, 2) against ``exact`` (V, V), divided by the
+    critical value at a 1e-6 false-alarm rate: > 1 rejects. A pair of probability 0 gives inf."""
+    n = len(pairs)
+    observed = np.zeros((V, V))
+    np.add.at(observed, (pairs[:, 0], pairs[:, 1]), 1)
+    if observed[exact == 0].sum() > 0:
+        return math.inf
+    expected = n * exact
+    big = expected >= 5
+    obs = np.append(observed[big], observed[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    obs, exp = obs[exp > 0], exp[exp > 0]
+    df = len(exp) - 1
+    stat = float(((obs - exp) ** 2 / exp).sum())
+    critical = df * (1 - 2 / (9 * df) + Z_1E6 * math.sqrt(2 / (9 * df))) ** 3
+    return stat / critical
+
+
+CONFIGS = [(1.0, 0, 1.0), (0.7, 3, 1.0), (1.5, 0, 0.8)]  # (temperature, top_k, top_p)
+
+
+def run_batch(cfg, k=3):
+    """RUNS runs of each prompt in one batch (rows interleaved), seeds 0..2*RUNS-1."""
+    prompts = [list(PROMPTS[i % 2]) for i in range(2 * RUNS)]
+    res = speculative_sample(TARGET, DRAFT, prompts, num_draft_tokens=k, max_new_tokens=2,
+                             temperature=cfg[0], top_k=cfg[1], top_p=cfg[2],
+                             seed=list(range(2 * RUNS)))
+    pairs = np.array([g.tokens for g in res.generations])
+    return pairs, res
+
+
+# k = 1: an accepted draft is followed by the bonus token, so the bonus path decides the second
+# token; k = 3: the first round may reject at d_1 or d_2 (residual draws at both positions).
+@pytest.mark.parametrize("cfg, k", [(CONFIGS[0], 1), (CONFIGS[0], 3), (CONFIGS[1], 1),
+                                    (CONFIGS[1], 3), (CONFIGS[2], 3)],
+                         ids=["T1-k1", "T1-k3", "T0.7-top3-k1", "T0.7-top3-k3", "T1.5-topp0.8-k3"])
+def test_first_two_tokens_follow_the_target_distribution(cfg, k):
+    pairs, res = run_batch(cfg, k)
+    assert pairs.shape == (2 * RUNS, 2)
+    for i, prompt in enumerate(PROMPTS):
+        assert chi_square_excess(pairs[i::2], exact_pairs(list(prompt), cfg)) < 1.0
+    # The draft really differs from the target: rejections (residual draws) happen.
+    assert 0 < res.accepted < res.proposed
+
+
+# -- known wrong variants, which the same check must reject ------------------------------
+
+def _draw(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One token per row of probs (n, V), by inverse CDF."""
+    cdf = np.cumsum(probs, axis=1)
+    u = rng.random(len(probs)) * cdf[:, -1]
+    return np.minimum((cdf <= u[:, None]).sum(axis=1), probs.shape[1] - 1)
+
+
+def variant_pairs(prompt, cfg, n, *, residual=True, bonus_from_target=True, seed=0):
+    """First two tokens of n runs of one-draft speculative sampling, from exact tables.
+
+    residual=False: after a rejection, resample from p instead of normalize(max(0, p - q)).
+    bonus_from_target=False: the bonus token comes from the draft's q instead of p.
+    With both True this is the correct algorithm.
+    """
+    rng = np.random.default_rng(seed)
+    p0, p1 = tables(TARGET, prompt, cfg)
+    q0, q1 = tables(DRAFT, prompt, cfg)
+    rows = np.arange(n)
+
+    def verify(p, q):  # one round with one draft; p, q (n, V)
+        d = _draw(q, rng)
+        ok = rng.random(n) * q[rows, d] < p[rows, d]
+        resid = np.maximum(p - q, 0.0)
+        resid = np.where(resid.sum(1, keepdims=True) > 0, resid, p) if residual else p
+        return np.where(ok, d, _draw(resid, rng)), ok
+
+    a, accepted = verify(np.tile(p0, (n, 1)), np.tile(q0, (n, 1)))
+    bonus = _draw(p1[a] if bonus_from_target else q1[a], rng)
+    b_next, _ = verify(p1[a], q1[a])
+    b = np.where(accepted, bonus, b_next)
+    return np.stack([a, b], axis=1)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=["T1", "T0.7-top3"])
+def test_the_check_accepts_the_correct_variant_and_rejects_wrong_ones(cfg):
+    prompt = list(PROMPTS[0])
+    exact = exact_pairs(prompt, cfg)
+    assert chi_square_excess(variant_pairs(prompt, cfg, RUNS), exact) < 1.0
+    no_residual = variant_pairs(prompt, cfg, RUNS, residual=False)
+    assert chi_square_excess(no_residual, exact) > 1.0
+    bonus_from_draft = variant_pairs(prompt, cfg, RUNS, bonus_from_target=False)
+    assert chi_square_excess(bonus_from_draft, exact) > 1.0
+
+
+# -- temperature 0 is target greedy decoding ----------------------------------------------
+
+BIG_T = TinyLM(vocab_size=20, d_model=16, seed=1)
+
+
+def close_draft(noise: float) -> TinyLM:
+    """A draft near the target (its lm_head perturbed), so rounds accept some drafts."""
+    d = TinyLM(vocab_size=20, d_model=16, seed=1)
+    d.lm_head = d.lm_head + noise * np.random.default_rng(5).standard_normal(d.lm_head.shape)
+    return d
+
+
+def oracle_greedy(model, prompt, n, eos=None):
+    seq, out = list(prompt), []
+    for _ in range(n):
+        t = int(np.argmax(model.forward(np.array([seq]))[0]))
+        out.append(t)
+        seq.append(t)
+        if t == eos:
+            break
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 7])
+@pytest.mark.parametrize("eos", [None, 8])
+@pytest.mark.parametrize("noise", [0.03, 1.0])
+def test_temperature_zero_equals_target_greedy(k, eos, noise):
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [3, 3]]
+    res = speculative_sample(BIG_T, close_draft(noise), prompts, num_draft_tokens=k,
+                             max_new_tokens=23, eos_token_id=eos, temperature=0.0)
+    ref = greedy(BIG_T, prompts, max_new_tokens=23, eos_token_id=eos)
+    for p, got, want in zip(prompts, res.generations, ref):
+        assert got.tokens == oracle_greedy(BIG_T, p, 23, eos) == want.tokens
+        assert got.finished == want.finished
+        assert got.logprob == pytest.approx(want.logprob, abs=1e-9)
+
+
+# -- one target call per round -------------------------------------------------------------
+
+class Counting:
+    """Wraps a cached model and records its calls: ("prefill", rows, 0) / ("extend", n, t)."""
+
+    def __init__(self, model):
+        self.model, self.log = model, []
+        self.vocab_size, self.max_context = model.vocab_size, model.max_context
+
+    def forward(self, ids):
+        return self.model.forward(ids)
+
+    def new_cache(self, rows, slots):
+        return self.model.new_cache(rows, slots)
+
+    def prefill(self, prompts, cache):
+        self.log.append(("prefill", len(prompts), 0))
+        return self.model.prefill(prompts, cache)
+
+    def extend(self, tokens, cache):
+        self.log.append(("extend", *np.shape(tokens)))
+        return self.model.extend(tokens, cache)
+
+
+def oracle_rounds(target, draft, prompt, k, n_new):
+    """Rounds of greedy speculative decoding of one prompt, simulated with plain forwards."""
+    seq, made, rounds = list(prompt), 0, 0
+    while made < n_new:
+        kr = min(k, n_new - made)
+        proposal = oracle_greedy(draft, seq, kr)
+        truth = oracle_greedy(target, seq, kr + 1)
+        j = next((i for i in range(kr) if proposal[i] != truth[i]), kr)
+        step = truth[: j + 1][: n_new - made]
+        seq += step
+        made += len(step)
+        rounds += 1
+    return rounds
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_the_target_is_called_once_per_round(k):
+    target, draft = Counting(BIG_T), Counting(close_draft(0.03))
+    res = speculative_sample(target, draft, [[1, 2, 3]], num_draft_tokens=k, max_new_tokens=30,
+                             temperature=0.0)
+    rounds = oracle_rounds(BIG_T, draft.model, [1, 2, 3], k, 30)
+    assert target.log[0] == ("prefill", 1, 0)
+    extends = target.log[1:]
+    assert len(extends) == rounds and res.target_calls == 1 + rounds
+    # Each round's single call scores the last committed token and every draft of the round.
+    assert all(name == "extend" and 2 <= t <= k + 1 for name, _, t in extends)
+    assert res.draft_calls == len(draft.log)
+
+
+def test_a_draft_equal_to_the_target_is_always_accepted():
+    """p = q: every draft accepted, each round yields k + 1 tokens; ceil(n / (k+1)) rounds."""
+    k, n_new = 4, 23
+    target = Counting(BIG_T)
+    res = speculative_sample(target, BIG_T, [[1, 2], [7, 3, 9]], num_draft_tokens=k,
+                             max_new_tokens=n_new, temperature=1.0, seed=[3, 4])
+    assert res.accepted == res.proposed
+    assert res.target_calls == 1 + math.ceil(n_new / (k + 1)) == len(target.log)
+    assert all(n == 2 for _, n, _ in target.log)   # one call serves every row
+    assert [len(g.tokens) for g in res.generations] == [n_new, n_new]
+
+
+# -- budgets, EOS, seeds ---------------------------------------------------------------------
+
+def test_budget_and_eos_are_exact():
+    prompts = [[1 + i % 5] * (1 + i % 3) for i in range(300)]
+    res = speculative_sample(BIG_T, close_draft(0.3), prompts, num_draft_tokens=4,
+                             max_new_tokens=7, eos_token_id=9, temperature=1.2,
+                             seed=list(range(300)))
+    n_finished = 0
+    for g in res.generations:
+        assert len(g.tokens) <= 7
+        assert 9 not in g.tokens[:-1]
+        assert g.finished == (g.tokens[-1] == 9)
+        if not g.finished:
+            assert len(g.tokens) == 7
+        n_finished += g.finished
+    assert 0 < n_finished < 300  # both kinds of ending were exercised
+
+
+def test_logprob_is_the_raw_target_logprob():
+    prompts = [[1, 2, 3], [4]]
+    res = speculative_sample(BIG_T, close_draft(0.3), prompts, num_draft_tokens=3,
+                             max_new_tokens=12, temperature=0.8, top_k=4, seed=[1, 2])
+    for p, g in zip(prompts, res.generations):
+        want, seq = 0.0, list(p)
+        for t in g.tokens:
+            x = BIG_T.forward(np.array([seq]))[0]
+            want += x[t] - x.max() - math.log(np.exp(x - x.max()).sum())
+            seq.append(t)
+        assert g.logprob == pytest.approx(want, abs=1e-9)
+
+
+def test_same_seed_same_output():
+    kw = dict(num_draft_tokens=3, max_new_tokens=15, temperature=1.0, seed=[5, 6])
+    a = speculative_sample(BIG_T, close_draft(0.3), [[1], [2, 3]], **kw)
+    b = speculative_sample(BIG_T, close_draft(0.3), [[1], [2, 3]], **kw)
+    assert a == b
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+class ForwardOnly:
+    vocab_size = 20
+
+    def forward(self, ids):
+        return BIG_T.forward(ids)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_draft_tokens=0), "num_draft_tokens"),
+    (dict(num_draft_tokens=2.5), "num_draft_tokens"),
+    (dict(max_new_tokens=-1), "max_new_tokens"),
+    (dict(temperature=-0.5), "temperature"),
+    (dict(top_k=-1), "top_k"),
+    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=1.5), "top_p"),
+    (dict(seed=[1, 2, 3]), "seed"),
+    (dict(seed=1.5), "seed"),
+    (dict(eos_token_id=20), "eos_token_id"),
+])
+def test_bad_options_are_refused(kwargs, match):
+    args = dict(num_draft_tokens=2, max_new_tokens=5) | kwargs
+    with pytest.raises(ValueError, match=match):
+        speculative_sample(BIG_T, BIG_T, [[1], [2]], **args)
+
+
+def test_models_without_the_cached_protocol_are_refused():
+    with pytest.raises(ValueError, match="cached protocol"):
+        speculative_sample(ForwardOnly(), BIG_T, [[1]], max_new_tokens=3)
+    with pytest.raises(ValueError, match="draft"):
+        speculative_sample(BIG_T, ForwardOnly(), [[1]], max_new_tokens=3)
+
+
+def test_models_must_share_the_vocabulary():
+    with pytest.raises(ValueError, match="vocabulary"):
+        speculative_sample(BIG_T, TinyLM(vocab_size=21, d_model=16), [[1]], max_new_tokens=3)
+
+
+def test_bad_prompts_and_empty_batch():
+    assert speculative_sample(BIG_T, BIG_T, [], max_new_tokens=3).generations == []
+    with pytest.raises(ValueError, match="prompt 1"):
+        speculative_sample(BIG_T, BIG_T, [[1], []], max_new_tokens=3)
+    with pytest.raises(ValueError, match="position 1"):
+        speculative_sample(BIG_T, BIG_T, [[1, 20]], max_new_tokens=3)
+
+
+def test_nan_from_the_target_names_the_batch_item():
+    class NaNAfterPrefill(Counting):
+        def extend(self, tokens, cache):
+            out = self.model.extend(tokens, cache).copy()
+            out[1] = np.nan
+            return out
+
+    with pytest.raises(ValueError, match="NaN.*batch item 1"):
+        speculative_sample(NaNAfterPrefill(BIG_T), BIG_T, [[1], [2]], max_new_tokens=3)
