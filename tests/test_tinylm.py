@@ -101,3 +101,29 @@ def test_cache_refuses_overflow():
     m.prefill([[1, 2, 3]], cache)
     with pytest.raises(ValueError, match="full"):
         m.extend(np.array([[4]]), cache)
+
+
+def test_fork_copies_only_forked_rows_and_agrees_with_forward():
+    m = TinyLM(vocab_size=40, d_model=16, seed=2)
+    rng = np.random.default_rng(1)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10]]
+    cache = m.new_cache(rows=8, slots=20)
+    m.prefill(prompts, cache)
+    seqs, perm = [list(p) for p in prompts], np.arange(3)
+    for _ in range(6):
+        parents = np.sort(rng.integers(0, len(seqs), size=rng.integers(1, 9)))
+        before = cache.k.copy()
+        new_perm = cache.fork(perm, parents)
+        assert sorted(new_perm.tolist()) == list(range(len(parents)))
+        # a sequence whose parent's row was kept in place was not copied
+        for i, p in enumerate(parents):
+            if new_perm[i] == perm[p]:
+                assert np.array_equal(cache.k[:, new_perm[i]], before[:, perm[p]])
+        perm = new_perm
+        tokens = rng.integers(0, 40, size=len(parents))
+        seqs = [seqs[p] + [int(t)] for p, t in zip(parents, tokens)]
+        in_cache = np.empty_like(tokens)
+        in_cache[perm] = tokens
+        logits = m.extend(in_cache[:, None], cache)[perm, 0]
+        for r, s in enumerate(seqs):
+            assert np.abs(logits[r] - m.forward(np.array([s]))[0]).max() < 1e-10

@@ -146,6 +146,41 @@ class KVCache:
         self.end[:m] = self.end[parents]
         self.n = m
 
+    def fork(self, perm: np.ndarray, parents: np.ndarray) -> np.ndarray:
+        """Like ``reorder``, but copying only what must be copied; returns the new layout.
+
+        ``perm[j]`` is the cache row now holding sequence j; sequence i of the next step
+        continues sequence ``parents[i]``. The first child of a row takes the row over in
+        place; only further children (and rows beyond the new row count) are copied, into
+        rows nobody kept. Returns ``new_perm``: sequence i lives in cache row ``new_perm[i]``,
+        a permutation of 0..len(parents)-1. Beam search keeps most beams' rows this way.
+        """
+        src = np.asarray(perm, dtype=np.int64)[np.asarray(parents, dtype=np.int64)]  # [m]
+        m = len(src)
+        if m > self.k.shape[1]:
+            raise ValueError(f"cache holds {self.k.shape[1]} rows; fork asked for {m}")
+        first = np.zeros(m, dtype=bool)
+        first[np.unique(src, return_index=True)[1]] = True
+        keep = first & (src < m)                     # rows taken over in place
+        taken = np.zeros(m, dtype=bool)
+        taken[src[keep]] = True
+        new_perm = src.copy()
+        need = np.flatnonzero(~keep)                 # sequences that need a copied row
+        holes = np.flatnonzero(~taken)               # rows < m that nobody kept; |holes| == |need|
+        new_perm[need] = holes
+        if len(need):
+            # Every source is a kept row (never a hole) or a row >= m (never written): the
+            # copy cannot overwrite a row before it is read.
+            lo = int(self.start[: self.n].min())
+            hi = int(self.end[: self.n].max())
+            from_rows = src[need]
+            self.k[:, holes, :, lo:hi] = self.k[:, from_rows, :, lo:hi]
+            self.v[:, holes, :, lo:hi] = self.v[:, from_rows, :, lo:hi]
+            self.start[holes] = self.start[from_rows]
+            self.end[holes] = self.end[from_rows]
+        self.n = m
+        return new_perm
+
     def truncate(self, end: np.ndarray) -> None:
         """Roll rows back: row r keeps slots up to ``end[r]`` (at most its current end)."""
         end = np.asarray(end, dtype=np.int64)

@@ -29,6 +29,7 @@ class CachedRunner:
         self.prompts = prompts
         slots = max(len(p) for p in prompts) + max(new_tokens, 1)
         self.cache = model.new_cache(max(rows, len(prompts)), slots)
+        self.perm = np.arange(len(prompts))  # cache row holding each sequence
         self.calls = 0   # model calls made
         self.rows = 0    # rows (sequences) the model was run on, summed over calls
 
@@ -40,10 +41,14 @@ class CachedRunner:
 
     def advance(self, parents: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """New row i = old row ``parents[i]`` + ``tokens[i]``; returns logits (n, V)."""
-        self.cache.reorder(parents)
+        # The cache keeps rows where they are and copies only forked ones; sequence i lives
+        # in cache row perm[i], so tokens go in, and logits come out, through perm.
+        self.perm = self.cache.fork(self.perm, parents)
+        in_cache_order = np.empty(len(tokens), dtype=np.int64)
+        in_cache_order[self.perm] = tokens
         self.calls += 1
         self.rows += len(tokens)
-        return self.model.extend(np.asarray(tokens)[:, None], self.cache)[:, 0]
+        return self.model.extend(in_cache_order[:, None], self.cache)[self.perm, 0]
 
 
 class RecomputeRunner:
