@@ -360,3 +360,27 @@ def test_nan_from_the_target_names_the_batch_item():
 
     with pytest.raises(ValueError, match="NaN.*batch item 1"):
         speculative_sample(NaNAfterPrefill(BIG_T), BIG_T, [[1], [2]], max_new_tokens=3)
+
+
+class ContextLimited(Counting):
+    """A model with a context limit that fails loudly if any position reaches it."""
+
+    def __init__(self, model, limit):
+        super().__init__(model)
+        self.max_context = limit
+
+    def extend(self, tokens, cache):
+        pos = cache.positions(np.shape(tokens)[1])
+        assert pos.max() < self.max_context, "a position beyond the model's context was written"
+        return super().extend(tokens, cache)
+
+
+def test_a_context_limit_is_checked_up_front_and_never_crossed():
+    target, draft = ContextLimited(BIG_T, 12), ContextLimited(BIG_T, 12)
+    prompts = [[1, 2, 3, 4], [5], [6, 7]]
+    # prompt 0 has 4 tokens: 8 new tokens fill the context exactly
+    res = speculative_sample(target, draft, prompts, num_draft_tokens=5, max_new_tokens=8,
+                             temperature=1.0, seed=[1, 2, 3])
+    assert [len(g.tokens) for g in res.generations] == [8, 8, 8]
+    with pytest.raises(ValueError, match="context"):
+        speculative_sample(target, draft, prompts, num_draft_tokens=5, max_new_tokens=9)
