@@ -83,13 +83,11 @@ class BeamState:
         return out
 
 
-def log_normalizer(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Logits as float64 (n, V) and log(sum(exp(logits))) per row (n,), max-shifted."""
-    x = logits.astype(np.float64)                                        # [n, V]
-    row_max = x.max(axis=1)                                              # [n]
-    shifted = x - row_max[:, None]
+def log_normalizer(x: np.ndarray, row_max: np.ndarray) -> np.ndarray:
+    """log(sum(exp(x))) per row (n,) of float64 x (n, V), shifted by the row max."""
+    shifted = x - row_max[:, None]                                        # [n, V]
     np.exp(shifted, out=shifted)
-    return x, row_max + np.log(shifted.sum(axis=1))
+    return row_max + np.log(shifted.sum(axis=1))
 
 
 def kth_largest(x: np.ndarray, k: int) -> np.ndarray:
@@ -99,43 +97,37 @@ def kth_largest(x: np.ndarray, k: int) -> np.ndarray:
 
 def candidate_bounds(value_max: np.ndarray, x: np.ndarray, item: np.ndarray, k: int,
                      batch: int) -> np.ndarray:
-    """A per-row threshold on candidate logprobs that every item's top-k candidates pass.
+    """A per-row threshold on candidate logprobs that each item's top-k candidates all pass.
 
-    ``value_max[r]`` is the best candidate of row r. When an item has at least k rows, the
-    k-th best of its rows' best candidates is a lower bound on its k-th best candidate (those
-    k candidates exist); otherwise each of its rows uses its own k-th best candidate, a bound
-    for the same reason. Returns (n,) thresholds in logprob units.
+    ``value_max[r]`` is row r's best candidate; rows are grouped by item, in item order. An
+    item never has more than k rows (its pool holds k). With exactly k rows, their k best
+    candidates are k distinct candidates, so the worst of them bounds the item's k-th best
+    from below. With fewer rows, each row's own k-th best candidate bounds it the same way.
+    Returns (n,) thresholds in logprob units.
     """
-    n = len(item)
     rows_of = np.bincount(item, minlength=batch)                          # [B]
-    per_item = np.full((batch, k), -np.inf)
-    bound = np.full(n, -np.inf)
-    full = rows_of[item] >= k                                             # [n]
-    if full.any():
-        # rank each row among its item's rows by its best candidate; keep the k-th best
-        order = np.lexsort((-value_max, item))
-        first = np.concatenate([[0], np.cumsum(rows_of)[:-1]])
-        rank = np.empty(n, dtype=np.int64)
-        rank[order] = np.arange(n) - first[item[order]]
-        sel = rank < k
-        per_item[item[sel], rank[sel]] = value_max[sel]
-        bound[full] = per_item[item[full], k - 1]
-    few = ~full
+    has_rows = np.flatnonzero(rows_of)
+    starts = (np.cumsum(rows_of) - rows_of)[has_rows]
+    worst_best = np.full(batch, -np.inf)
+    worst_best[has_rows] = np.minimum.reduceat(value_max, starts)         # [B]
+    bound = worst_best[item]                                              # [n]
+    few = rows_of[item] < k
     if few.any():
         k_row = min(k, x.shape[1])  # a row cannot offer more candidates than the vocabulary
         bound[few] = kth_largest(x[few], k_row) + (value_max[few] - x[few].max(axis=1))
     return bound
 
 
-def top_candidates(x: np.ndarray, offset: np.ndarray, item: np.ndarray, k: int, batch: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: np.ndarray,
+                   k: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each item's k best candidates (row, token) by logprob ``offset[row] + x[row, token]``.
 
-    Ties go to the lower row (the parent's place in the pool), then the lower token id.
-    Returns (value, row, token), each (B, k); missing entries have row -1.
+    ``x_max`` (n,) is each row's max of x. Ties go to the lower row (the parent's place in
+    the pool), then the lower token id. Returns (value, row, token), each (B, k); missing
+    entries have row -1.
     """
     n, V = x.shape
-    value_max = offset + x.max(axis=1)                                    # [n]
+    value_max = offset + x_max                                            # [n]
     bound = candidate_bounds(value_max, x, item, k, batch)                # [n]
     # A margin so that rounding in (bound - offset) can never exclude an entry equal to it.
     # A row whose hypothesis already has logprob -inf offers only -inf candidates: it takes
@@ -165,26 +157,29 @@ def top_candidates(x: np.ndarray, offset: np.ndarray, item: np.ndarray, k: int, 
 
 
 def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
-              eos_token_id: int | None, banned: np.ndarray | None = None
-              ) -> tuple[BeamState, np.ndarray, np.ndarray]:
+              eos_token_id: int | None, banned: np.ndarray | None = None,
+              row_max: np.ndarray | None = None) -> tuple[BeamState, np.ndarray, np.ndarray]:
     """One step of the search.
 
     ``logits`` (n, V) belong to the live slots of ``state`` in (item, slot) order; ``banned``
-    (n, V), if given, marks tokens that may not be chosen (their logprob is not changed).
+    (n, V), if given, marks tokens that may not be chosen (their logprob is not changed);
+    ``row_max`` (n,), if given, is each row's max logit (the validity check computes it).
     Returns the new state and, for its live slots in (item, slot) order, the row of
     ``logits`` each continues (parents, (n',)) and the token it appended (n',).
     """
     B, K = state.valid.shape
     item, slot = np.nonzero(state.live)                                   # [n] each
-    x, lse = log_normalizer(logits)                                       # [n, V], [n]
-    offset = state.logprob[item, slot] - lse                              # [n]
+    x = logits.astype(np.float64)                                         # [n, V]
+    x_max = (logits.max(axis=1) if row_max is None else row_max).astype(np.float64)  # [n]
+    offset = state.logprob[item, slot] - log_normalizer(x, x_max)         # [n]
     if banned is not None:
         x = np.where(banned, -np.inf, x)
+        x_max = x.max(axis=1)
 
     # Only an item's K best candidates can enter its pool: every unfinished hypothesis of an
     # item has the same length, so candidates rank by logprob alone. These K are always among
     # the per-beam top 2K of the specification, so the result is the same.
-    cand_logprob, cand_row, cand_token = top_candidates(x, offset, item, K, B)  # [B, k]
+    cand_logprob, cand_row, cand_token = top_candidates(x, x_max, offset, item, K, B)  # [B, k]
     k = cand_row.shape[1]
     cand_ok = cand_row >= 0
     cand_slot = np.where(cand_ok, slot[cand_row], 0)
@@ -274,14 +269,14 @@ def batched_beam_search(model, prompts: Sequence[Sequence[int]], *, beam_width: 
 
     for step in range(T):
         item, slot = np.nonzero(state.live)
-        check_logits(logits, len(item), vocab, item)
+        row_max = check_logits(logits, len(item), vocab, item)
         banned = None
         if ngram:
             seqs = [np.concatenate([prompts[b], state.tokens[b, j, :state.length[b, j]]])
                     for b, j in zip(item.tolist(), slot.tolist())]
             banned = ngram_ban_mask(seqs, ngram, logits.shape[1])
         state, parents, tokens = beam_step(state, logits, step=step, alpha=alpha,
-                                           eos_token_id=eos, banned=banned)
+                                           eos_token_id=eos, banned=banned, row_max=row_max)
         if step + 1 == T or len(tokens) == 0:
             break  # length limit reached, or every pool has stopped expanding
         logits = runner.advance(parents, tokens)
