@@ -1,0 +1,273 @@
+"""``npdecode compare``: the decoding strategies side by side on the trained name model."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from npdecode.models.chars import EOS, decode, encode
+from npdecode.search.beam import batched_beam_search
+from npdecode.search.sampling import greedy, sample
+from npdecode.search.speculative import speculative_sample
+
+DESCRIPTION = """\
+Decode the shipped CharGPT name model with every strategy and compare them: greedy, sampling
+at temperature 0.8, top-k 5, top-p 0.9, beam search (width 3, alpha 0.6) and speculative
+sampling (4 draft tokens from the shipped draft model, temperature 1).
+
+Three tables: each strategy's name for two prefixes, with the target model's log-probability
+of the generated characters and the generated tokens per target-model call (the prompt's
+prefill counts as a call); a diversity table over 20 prefixes (distinct continuations, mean
+length, mean log-probability); and speculative-decoding statistics, with its wall time measured
+against plain sampling at the same temperature (each prefix decoded alone, same seeds,
+median of --repeats runs). A name ends with '.', which counts as a generated token."""
+
+EPILOG = """\
+examples:
+  npdecode compare
+  npdecode compare --prefixes al mar --seed 3"""
+
+# Prefixes of the diversity and speculative tables: single letters and common starts.
+DIVERSITY_PREFIXES = ("a", "b", "c", "d", "e", "g", "h", "j", "k", "l",
+                      "m", "n", "r", "s", "t", "z", "al", "ma", "jo", "ch")
+NUM_DRAFTS = 4
+BEAM_WIDTH = 3
+ALPHA = 0.6
+
+
+class CallCounter:
+    """A model wrapper that counts calls (forward, prefill, extend) and keeps the protocol."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+        self.vocab_size, self.max_context = model.vocab_size, model.max_context
+
+    def forward(self, ids):
+        self.calls += 1
+        return self.model.forward(ids)
+
+    def new_cache(self, rows, slots):
+        return self.model.new_cache(rows, slots)
+
+    def prefill(self, prompts, cache):
+        self.calls += 1
+        return self.model.prefill(prompts, cache)
+
+    def extend(self, tokens, cache):
+        self.calls += 1
+        return self.model.extend(tokens, cache)
+
+
+@dataclass(frozen=True)
+class Output:
+    """One strategy's output for one prompt: generated tokens and their target logprob."""
+
+    tokens: list[int]
+    logprob: float
+
+
+# A strategy: (target, draft, prompts, seeds, max_new_tokens) -> one Output per prompt.
+Run = Callable[[object, object, list, list, int], list[Output]]
+
+
+def _gens(gens) -> list[Output]:
+    return [Output(g.tokens, g.logprob) for g in gens]
+
+
+def sampler(**opts) -> Run:
+    """Sampling with the given options (temperature, top_k, top_p), each prompt its seed."""
+    return lambda t, d, ps, seeds, n: _gens(
+        sample(t, ps, max_new_tokens=n, eos_token_id=EOS, seed=seeds, **opts))
+
+
+def run_greedy(t, d, ps, seeds, n) -> list[Output]:
+    return _gens(greedy(t, ps, max_new_tokens=n, eos_token_id=EOS))
+
+
+def run_beam(t, d, ps, seeds, n) -> list[Output]:
+    """Each prompt's best hypothesis."""
+    hyps = batched_beam_search(t, ps, beam_width=BEAM_WIDTH, max_new_tokens=n, alpha=ALPHA,
+                               eos_token_id=EOS)
+    return [Output(h[0].tokens, h[0].logprob) for h in hyps]
+
+
+def run_speculative(t, d, ps, seeds, n) -> list[Output]:
+    return _gens(speculative_sample(t, d, ps, num_draft_tokens=NUM_DRAFTS, max_new_tokens=n,
+                                    eos_token_id=EOS, seed=seeds).generations)
+
+
+# Sampling at temperature 1 with no filter: the distribution speculative sampling reproduces.
+plain_sampling = sampler()
+
+
+def strategies() -> dict[str, Run]:
+    """The compared strategies, by display name, in display order."""
+    return {
+        "greedy": run_greedy,
+        "temperature 0.8": sampler(temperature=0.8),
+        "top-k 5": sampler(top_k=5),
+        "top-p 0.9": sampler(top_p=0.9),
+        f"beam (width {BEAM_WIDTH})": run_beam,
+        f"speculative ({NUM_DRAFTS} drafts)": run_speculative,
+    }
+
+
+def budget(model, prompts: Sequence[Sequence[int]]) -> int:
+    """New tokens that fit the model's context after the longest prompt."""
+    return model.max_context - max(len(p) for p in prompts)
+
+
+def diversity(outputs: Sequence[Output]) -> tuple[int, float, float]:
+    """(distinct continuations, mean generated tokens, mean logprob) of a strategy's outputs.
+
+    Continuations (the generated tokens, without the prefix) are compared, since names with
+    different prefixes always differ: a strategy that ends every prefix alike scores low.
+    """
+    distinct = {tuple(o.tokens) for o in outputs}
+    return (len(distinct), float(np.mean([len(o.tokens) for o in outputs])),
+            float(np.mean([o.logprob for o in outputs])))
+
+
+def each_alone(run: Run, target, draft, prompts, seeds) -> list[Output]:
+    """Decode every prompt in a batch of its own (as a single user would)."""
+    return [run(target, draft, [p], [s], budget(target, [p]))[0] for p, s in zip(prompts, seeds)]
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls, in seconds."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def load_models(args: argparse.Namespace):
+    """The target and draft: given .npz files, or the shipped ones."""
+    from npdecode.models.chargpt import CharGPT
+    if args.target or args.draft:
+        if not (args.target and args.draft):
+            raise ValueError("give both --target and --draft, or neither (the shipped models)")
+        return CharGPT.load(args.target), CharGPT.load(args.draft)
+    from npdecode.models.pretrained import load_draft, load_target
+    return load_target(), load_draft()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``compare`` subcommand."""
+    p = subparsers.add_parser(
+        "compare", help="compare decoding strategies on the trained name model",
+        description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prefixes", nargs=2, default=["em", "jo"], metavar="PREFIX",
+                   help="two name prefixes (lowercase a-z) for the first table; default: em jo")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed of prefix i is N + i, for every sampling strategy; default: 0")
+    p.add_argument("--repeats", type=int, default=3, metavar="N",
+                   help="timing runs; the median is reported; default: 3")
+    p.add_argument("--target", type=Path, metavar="PATH",
+                   help="a CharGPT .npz to use as the target instead of the shipped one")
+    p.add_argument("--draft", type=Path, metavar="PATH",
+                   help="a CharGPT .npz to use as the draft instead of the shipped one")
+    p.set_defaults(func=run)
+
+
+def prefix_table(Table, target, draft, prefixes: Sequence[str], seed: int):
+    """Table 1: every strategy on each prefix alone: name, log-prob, tokens per target call."""
+    table = Table(title="Strategies on two prefixes (target model; a name ends with '.')")
+    table.add_column("prefix")
+    table.add_column("strategy", no_wrap=True)
+    table.add_column("name")
+    table.add_column("log-prob", justify="right")
+    table.add_column("tokens / target call", justify="right")
+    for i, prefix in enumerate(prefixes):
+        ids = encode(prefix)
+        for name, fn in strategies().items():
+            counted = CallCounter(target)
+            out = fn(counted, draft, [ids], [seed + i], budget(target, [ids]))[0]
+            text = prefix + decode([EOS] + out.tokens) + ("." if EOS in out.tokens else "…")
+            table.add_row(prefix, name, text, f"{out.logprob:.2f}",
+                          f"{len(out.tokens) / counted.calls:.2f}")
+        table.add_section()
+    return table
+
+
+def diversity_table(Table, target, draft, prefixes: Sequence[str], seed: int):
+    """Table 2: distinct names, mean length and mean log-prob over many prefixes (one batch)."""
+    prompts = [encode(p) for p in prefixes]
+    seeds = [seed + i for i in range(len(prompts))]
+    table = Table(title=f"Diversity over {len(prompts)} prefixes (one batch)")
+    table.add_column("strategy", no_wrap=True)
+    table.add_column("distinct continuations", justify="right")
+    table.add_column("mean tokens", justify="right")
+    table.add_column("mean log-prob", justify="right")
+    for name, fn in strategies().items():
+        distinct, length, lp = diversity(fn(target, draft, prompts, seeds,
+                                           budget(target, prompts)))
+        table.add_row(name, f"{distinct} / {len(prompts)}", f"{length:.2f}", f"{lp:.2f}")
+    return table
+
+
+def speculative_table(Table, target, draft, prefixes: Sequence[str], seed: int, repeats: int):
+    """Table 3: speculative counts, and its wall time against plain sampling (each prefix
+    decoded alone, same seeds and budgets, median of ``repeats`` runs of the whole set)."""
+    prompts = [encode(p) for p in prefixes]
+    seeds = [seed + i for i in range(len(prompts))]
+    proposed = accepted = tokens = 0
+    spec_target = CallCounter(target)
+    for ids, s in zip(prompts, seeds):
+        res = speculative_sample(spec_target, draft, [ids], num_draft_tokens=NUM_DRAFTS,
+                                 max_new_tokens=budget(target, [ids]), eos_token_id=EOS, seed=s)
+        proposed, accepted = proposed + res.proposed, accepted + res.accepted
+        tokens += len(res.generations[0].tokens)
+    plain_target = CallCounter(target)
+    plain_tokens = sum(len(o.tokens) for o in
+                       each_alone(plain_sampling, plain_target, draft, prompts, seeds))
+    t_spec = timed(lambda: each_alone(run_speculative, target, draft, prompts, seeds), repeats)
+    t_plain = timed(lambda: each_alone(plain_sampling, target, draft, prompts, seeds), repeats)
+
+    table = Table(title=f"Speculative sampling ({NUM_DRAFTS} drafts, temperature 1) against "
+                        f"plain sampling; {len(prompts)} prefixes, each decoded alone")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("draft tokens proposed", str(proposed))
+    table.add_row("draft tokens accepted", str(accepted))
+    table.add_row("acceptance rate", f"{accepted / proposed:.1%}" if proposed else "-")
+    table.add_row("tokens / target call, speculative", f"{tokens / spec_target.calls:.2f}")
+    table.add_row("tokens / target call, plain sampling",
+                  f"{plain_tokens / plain_target.calls:.2f}")
+    table.add_row(f"wall time, speculative (median of {repeats})", f"{t_spec * 1e3:.1f} ms")
+    table.add_row(f"wall time, plain sampling (median of {repeats})", f"{t_plain * 1e3:.1f} ms")
+    table.add_row("wall-time ratio, speculative / plain", f"{t_spec / t_plain:.2f}")
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the three comparison tables."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        raise ValueError("compare prints rich tables; install rich (pip install 'npdecode[cli]')")
+    if args.seed < 0 or args.repeats < 1:
+        raise ValueError(f"--seed must be >= 0 and --repeats >= 1, got {args.seed}, "
+                         f"{args.repeats}")
+    for prefix in args.prefixes:
+        encode(prefix)  # ValueError naming a character outside a-z
+    target, draft = load_models(args)
+    for prefix in args.prefixes:
+        if budget(target, [encode(prefix)]) < 1:
+            raise ValueError(f"prefix {prefix!r} fills the model's context of "
+                             f"{target.max_context} tokens; give a shorter one")
+    console = Console()
+    console.print(prefix_table(Table, target, draft, args.prefixes, args.seed))
+    console.print(diversity_table(Table, target, draft, DIVERSITY_PREFIXES, args.seed))
+    console.print(speculative_table(Table, target, draft, DIVERSITY_PREFIXES, args.seed,
+                                    args.repeats))
+    return 0

@@ -1,0 +1,107 @@
+"""``npdecode compare``: runs end to end, its numbers agree with direct calls, bad input is
+refused, and on the shipped models it finishes within a minute."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import time
+
+import pytest
+
+chargpt = pytest.importorskip("npdecode.models.chargpt")
+
+from npdecode.cli import compare  # noqa: E402
+from npdecode.models.chars import EOS, encode  # noqa: E402
+from npdecode.search.speculative import speculative_sample  # noqa: E402
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="npdecode")
+    compare.register(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["compare", *argv])
+
+
+@pytest.fixture(scope="module")
+def small_models(tmp_path_factory):
+    """A random target and a smaller random draft, saved as the shipped models would be."""
+    d = tmp_path_factory.mktemp("models")
+    cfg = chargpt.CharGPTConfig
+    chargpt.CharGPT.init(cfg(d_model=32, n_layers=2, n_heads=4, d_ff=64), seed=1).save(d / "t.npz")
+    chargpt.CharGPT.init(cfg(d_model=16, n_layers=1, n_heads=2, d_ff=32), seed=2).save(d / "d.npz")
+    return d / "t.npz", d / "d.npz"
+
+
+def row_value(text: str, label: str) -> str:
+    """The value cell of the table row whose first cell starts with ``label``."""
+    m = re.search(re.escape(label) + r"[^│]*│\s*([^│]+?)\s*│", text)
+    assert m, f"row {label!r} not found"
+    return m.group(1)
+
+
+def test_diversity_counts_distinct_continuations():
+    outs = [compare.Output([1, 0], -1.0), compare.Output([1, 0], -2.0),
+            compare.Output([2, 3, 0], -4.5)]
+    assert compare.diversity(outs) == (2, (2 + 2 + 3) / 3, (-1.0 - 2.0 - 4.5) / 3)
+
+
+def test_compare_prints_every_strategy_and_consistent_counts(small_models, capsys):
+    target, draft = small_models
+    args = parse(["--target", str(target), "--draft", str(draft), "--seed", "4",
+                  "--repeats", "1"])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    for name in compare.strategies():
+        assert text.count(name) >= 3   # two prefixes in table 1, once in table 2 (3 with 3)
+    assert "Diversity over 20 prefixes" in text and "Speculative sampling" in text
+    # Greedy makes one call per token (a prefill, then one extend per further token).
+    greedy_rows = re.findall(r"│ greedy\s*│[^│]*│\s*(-?[\d.]+)\s*│\s*([\d.]+)\s*│", text)
+    assert [r[1] for r in greedy_rows] == ["1.00", "1.00"]
+    # Table 3's counts equal those of direct speculative calls with the same seeds.
+    t, d = chargpt.CharGPT.load(target), chargpt.CharGPT.load(draft)
+    proposed = accepted = 0
+    for i, prefix in enumerate(compare.DIVERSITY_PREFIXES):
+        ids = encode(prefix)
+        res = speculative_sample(t, d, [ids], num_draft_tokens=compare.NUM_DRAFTS,
+                                 max_new_tokens=t.max_context - len(ids), eos_token_id=EOS,
+                                 seed=4 + i)
+        proposed, accepted = proposed + res.proposed, accepted + res.accepted
+    assert int(row_value(text, "draft tokens proposed")) == proposed
+    assert int(row_value(text, "draft tokens accepted")) == accepted
+    assert row_value(text, "acceptance rate") == f"{accepted / proposed:.1%}"
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--prefixes", "Em", "jo"], "not in the vocabulary"),
+    (["--prefixes", "abcdefghijklmnop", "jo"], "context"),
+    (["--repeats", "0"], "repeats"),
+])
+def test_bad_input_is_refused(small_models, argv, match):
+    target, draft = small_models
+    args = parse(["--target", str(target), "--draft", str(draft), *argv])
+    with pytest.raises(ValueError, match=match):
+        args.func(args)
+
+
+def test_target_and_draft_files_go_together(small_models):
+    args = parse(["--target", str(small_models[0])])
+    with pytest.raises(ValueError, match="both --target and --draft"):
+        args.func(args)
+
+
+def test_compare_on_the_shipped_models_takes_under_a_minute(capsys):
+    try:
+        from npdecode.models.pretrained import load_draft, load_target
+        load_target(), load_draft()
+    except (ImportError, FileNotFoundError) as err:
+        pytest.skip(f"shipped models not available: {err}")
+    from npdecode.cli import SUBCOMMANDS, main
+    t0 = time.perf_counter()
+    if "compare" in SUBCOMMANDS:
+        assert main(["compare"]) == 0
+    else:
+        args = parse([])
+        assert args.func(args) == 0
+    assert time.perf_counter() - t0 < 60
+    text = capsys.readouterr().out
+    assert "em" in text and "jo" in text and "wall-time ratio" in text
