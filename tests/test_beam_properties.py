@@ -29,7 +29,8 @@ class Masked(TinyLM):
 def cases(draw):
     vocab = draw(st.integers(2, 24))
     kw = dict(vocab_size=vocab, d_model=draw(st.sampled_from([4, 8, 16])),
-              seed=draw(st.integers(0, 2**16)))
+              seed=draw(st.integers(0, 2**16)),
+              dtype=draw(st.sampled_from([np.float64, np.float32])))
     masked = draw(st.lists(st.integers(0, vocab - 1), max_size=vocab - 1, unique=True))
     model = Masked(masked, **kw) if masked else TinyLM(**kw)
     prompts = draw(st.lists(st.lists(st.integers(0, vocab - 1), min_size=1, max_size=6),

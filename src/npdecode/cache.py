@@ -27,10 +27,6 @@ class KVCache:
         shape = (layers, rows, heads, slots, head_dim)
         self.k = np.zeros(shape, dtype=dtype)  # [L, R, H, S, Dh]
         self.v = np.zeros(shape, dtype=dtype)  # [L, R, H, S, Dh]
-        # Spare buffers: reorder() gathers into them and swaps, so the cache is never
-        # reallocated while decoding.
-        self._k_spare = np.zeros(shape, dtype=dtype)
-        self._v_spare = np.zeros(shape, dtype=dtype)
         self.start = np.zeros(rows, dtype=np.int64)  # [R] first real slot of each row
         self.end = np.zeros(rows, dtype=np.int64)    # [R] one past the last filled slot
         self.n = 0                                   # rows in use: 0 .. n-1
@@ -122,10 +118,10 @@ class KVCache:
         self.end[: self.n] += t
 
     def reorder(self, parents: np.ndarray) -> None:
-        """Make row i a copy of old row ``parents[i]`` (a beam-search gather).
+        """Make row i a copy of old row ``parents[i]`` (rows may repeat, vanish, or grow).
 
-        The number of rows may shrink or grow (up to the allocated rows). Only the filled slot
-        range is copied, into the spare buffer, which then becomes the live one.
+        Only the filled slot range is copied. ``fork`` does the same job for beam search
+        with far fewer copies, by letting rows stay where they are.
         """
         parents = np.asarray(parents, dtype=np.int64)
         m = len(parents)
@@ -135,13 +131,8 @@ class KVCache:
             return
         lo = int(self.start[: self.n].min()) if self.n else 0
         hi = int(self.end[: self.n].max()) if self.n else 0
-        for src, dst in ((self.k, self._k_spare), (self.v, self._v_spare)):
-            # mode="clip" avoids the buffered copy numpy makes for mode="raise" with ``out``;
-            # ``parents`` are row indices the search produced, always in range.
-            np.take(src[:, : self.n, :, lo:hi], parents, axis=1, out=dst[:, :m, :, lo:hi],
-                    mode="clip")
-        self.k, self._k_spare = self._k_spare, self.k
-        self.v, self._v_spare = self._v_spare, self.v
+        self.k[:, :m, :, lo:hi] = self.k[:, parents, :, lo:hi]
+        self.v[:, :m, :, lo:hi] = self.v[:, parents, :, lo:hi]
         self.start[:m] = self.start[parents]
         self.end[:m] = self.end[parents]
         self.n = m

@@ -83,9 +83,10 @@ class BeamState:
         return out
 
 
-def log_normalizer(x: np.ndarray, row_max: np.ndarray) -> np.ndarray:
-    """log(sum(exp(x))) per row (n,) of float64 x (n, V), shifted by the row max."""
-    shifted = x - row_max[:, None]                                        # [n, V]
+def log_normalizer(logits: np.ndarray, row_max: np.ndarray) -> np.ndarray:
+    """log(sum(exp(logits))) per row (n,), in float64, shifted by the float64 row max."""
+    shifted = logits.astype(np.float64)                                   # [n, V]
+    shifted -= row_max[:, None]
     np.exp(shifted, out=shifted)
     return row_max + np.log(shifted.sum(axis=1))
 
@@ -122,7 +123,8 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
                    k: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each item's k best candidates (row, token) by logprob ``offset[row] + x[row, token]``.
 
-    ``x_max`` (n,) is each row's max of x. Ties go to the lower row (the parent's place in
+    ``x`` (n, V) is in the model's dtype (candidate logprobs are formed in float64);
+    ``x_max`` (n,) is each row's max of x, in float64. Ties go to the lower row (the parent's place in
     the pool), then the lower token id. Returns (value, row, token), each (B, k); missing
     entries have row -1.
     """
@@ -132,13 +134,16 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
     # A margin so that rounding in (bound - offset) can never exclude an entry equal to it.
     # A row whose hypothesis already has logprob -inf offers only -inf candidates: it takes
     # every token (inf - inf would be NaN), and the tie rule decides among them.
+    # The threshold is rounded down into x's dtype so the comparison runs natively; both
+    # steps can only admit extra candidates, which the exact ranking below sorts out.
     margin = 1e-9 * (1.0 + np.abs(bound))
     with np.errstate(invalid="ignore"):
         threshold = bound - offset - margin                               # [n]
     threshold[np.isnan(threshold)] = -np.inf
+    threshold = np.nextafter(threshold.astype(x.dtype), -np.inf)
     flat = np.flatnonzero(x >= threshold[:, None])                        # [C] in (row, token) order
     row, token = np.divmod(flat, V)
-    value = offset[row] + x.ravel()[flat]                                 # [C]
+    value = offset[row] + x.ravel()[flat].astype(np.float64)              # [C]
     # Stable sorts: by value (highest first), then by item; equal values keep (row, token) order.
     order = np.argsort(-value, kind="stable")
     order = order[np.argsort(item[row[order]], kind="stable")]
@@ -169,12 +174,12 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     """
     B, K = state.valid.shape
     item, slot = np.nonzero(state.live)                                   # [n] each
-    x = logits.astype(np.float64)                                         # [n, V]
-    x_max = (logits.max(axis=1) if row_max is None else row_max).astype(np.float64)  # [n]
+    x = logits                                                            # [n, V]
+    x_max = (x.max(axis=1) if row_max is None else row_max).astype(np.float64)  # [n]
     offset = state.logprob[item, slot] - log_normalizer(x, x_max)         # [n]
     if banned is not None:
         x = np.where(banned, -np.inf, x)
-        x_max = x.max(axis=1)
+        x_max = x.max(axis=1).astype(np.float64)
 
     # Only an item's K best candidates can enter its pool: every unfinished hypothesis of an
     # item has the same length, so candidates rank by logprob alone. These K are always among
