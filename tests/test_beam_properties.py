@@ -43,26 +43,34 @@ def cases(draw):
                 alpha=draw(st.floats(0.0, 2.5)), eos_token_id=eos)
 
 
-def check_equal(got, want):
+def check_equal(got, want, tol=1e-9):
     assert len(got) == len(want)
     for g, w in zip(got, want):
         assert [h.tokens for h in g] == [h.tokens for h in w]
         assert [h.finished for h in g] == [h.finished for h in w]
-        np.testing.assert_allclose([h.score for h in g], [h.score for h in w], rtol=0, atol=1e-9)
+        np.testing.assert_allclose([h.score for h in g], [h.score for h in w], rtol=0, atol=tol)
         np.testing.assert_allclose([h.logprob for h in g], [h.logprob for h in w], rtol=0,
-                                   atol=1e-9)
+                                   atol=tol)
+
+
+def tolerance(model):
+    """1e-9 in float64. A float32 model's logits differ by ~1e-8 between batch shapes and
+    between its cached and plain paths (BLAS rounding), so float32 gets 1e-5."""
+    return 1e-9 if model.dtype == np.float64 else 1e-5
 
 
 @settings(max_examples=80, deadline=None)
 @given(cases())
 def test_cached_fast_path_equals_the_reference(case):
-    check_equal(batched_beam_search(**case), reference_beam_search(**case))
+    check_equal(batched_beam_search(**case), reference_beam_search(**case),
+                tolerance(case["model"]))
 
 
 @settings(max_examples=30, deadline=None)
 @given(cases())
 def test_recompute_path_equals_the_cached_path(case):
-    check_equal(batched_beam_search(**case, use_cache=False), batched_beam_search(**case))
+    check_equal(batched_beam_search(**case, use_cache=False), batched_beam_search(**case),
+                tolerance(case["model"]))
 
 
 @settings(max_examples=30, deadline=None)
@@ -71,4 +79,4 @@ def test_each_prompt_gives_the_same_result_alone(case, which):
     batch = batched_beam_search(**case)
     b = which % len(case["prompts"])
     alone = batched_beam_search(**{**case, "prompts": [case["prompts"][b]]})
-    check_equal([batch[b]], alone)
+    check_equal([batch[b]], alone, tolerance(case["model"]))
