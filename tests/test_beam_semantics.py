@@ -8,7 +8,7 @@ import numpy as np
 from npdecode import TinyLM, batched_beam_search
 from npdecode.numerics import log_softmax
 from reference_beam import reference_beam_search
-from scripted import ScriptedLM
+from npdecode.models.scripted import ScriptedLM
 
 EOS = 0
 

@@ -1,0 +1,34 @@
+"""Terminal output shared by the subcommands (rich tables)."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from npdecode.search.beam import Hypothesis
+
+
+def console() -> Console:
+    return Console(highlight=False)
+
+
+def hypotheses_table(title: str, hyps: Sequence[Hypothesis],
+                     decode: Callable[[list[int]], str] | None = None) -> Table:
+    """One batch item's hypotheses, best first: rank, tokens, score, logprob, finished."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("rank", justify="right")
+    table.add_column("tokens")
+    if decode is not None:
+        table.add_column("text")
+    table.add_column("score", justify="right")
+    table.add_column("logprob", justify="right")
+    table.add_column("finished", justify="center")
+    for rank, h in enumerate(hyps, 1):
+        row = [str(rank), " ".join(map(str, h.tokens)) or "(none)"]
+        if decode is not None:
+            row.append(decode(h.tokens))
+        row += [f"{h.score:.4f}", f"{h.logprob:.4f}", "yes" if h.finished else "no"]
+        table.add_row(*row)
+    return table

@@ -1,0 +1,53 @@
+"""The command line: tables for people, clear errors for bad input, --help everywhere."""
+
+import re
+
+import pytest
+
+from npdecode import TinyLM, batched_beam_search
+from npdecode.cli import SUBCOMMANDS, main
+
+
+def test_beam_prints_each_prompts_hypotheses_as_the_library_computes_them(capsys):
+    argv = ["beam", "--prompt", "3,14,159", "--prompt", "11,22,33", "--beam-width", "4",
+            "--max-new-tokens", "6", "--alpha", "0.6", "--eos", "0"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    want = batched_beam_search(TinyLM(1000, 64, seed=0), [[3, 14, 159], [11, 22, 33]],
+                               beam_width=4, max_new_tokens=6, alpha=0.6, eos_token_id=0)
+    assert "prompt 0: 3,14,159" in out and "prompt 1: 11,22,33" in out
+    for hyps in want:
+        for rank, h in enumerate(hyps, 1):
+            line = re.search(rf"│\s+{rank} │ {' '.join(map(str, h.tokens))}\s+│\s+"
+                             rf"{h.score:.4f} │\s+{h.logprob:.4f} │", out)
+            assert line, (rank, h)
+
+
+def test_a_token_outside_the_vocabulary_is_one_clear_error_line(capsys):
+    assert main(["beam", "--prompt", "3,1000"]) == 2
+    err = capsys.readouterr().err
+    assert "prompt 0, position 1: token 1000" in err and "Traceback" not in err
+
+
+def test_a_malformed_prompt_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["beam", "--prompt", "3,x"])
+    assert exit_.value.code == 2
+    assert "not a comma-separated list of token ids" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert len(capsys.readouterr().out.splitlines()) > 3
+
+
+def test_demo_runs_every_scenario_and_each_claim_holds(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "identical" in out and "same tokens: yes" in out
+    assert re.search(r"│\s+1 │ 0\s+│\s+-3\.0000 │", out)          # [EOS] first
+    assert "alpha 0.0: [0] (-2.000), then [1, 1, 0]" in out
+    assert "alpha 2.0: [1, 1, 0] (-0.333), then [0]" in out
