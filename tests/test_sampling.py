@@ -66,7 +66,7 @@ def assert_top5_close(freq, exact):
     assert freq[exact == 0].sum() == 0   # filtered tokens are never drawn
 
 
-# -- sampling frequencies --------------------------------------------------------------------
+# -- sampling frequencies ---------------------------------------------------------------------
 
 def test_plain_sampling_frequencies_match_softmax():
     assert_top5_close(frequencies(), softmax(LOGITS))
@@ -103,7 +103,7 @@ def test_penalties_then_temperature_frequencies():
     assert_top5_close(freq, exact)
 
 
-# -- processors --------------------------------------------------------------------------------
+# -- processors -------------------------------------------------------------------------------
 
 X = np.array([[2.0, -1.0, 0.5, 0.5, 3.0, -np.inf],
               [0.0, 0.0, 0.0, 1.0, -2.0, 4.0]])
@@ -173,7 +173,7 @@ def test_sample_categorical_never_draws_a_zero_probability_token():
     assert P.sample_categorical(probs, u).tolist() == [1, 1, 3, 3]
 
 
-# -- greedy and its equivalents ----------------------------------------------------------------
+# -- greedy and its equivalents ---------------------------------------------------------------
 
 MODEL = TinyLM(vocab_size=30, d_model=16, seed=3)
 PROMPTS = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10], [3, 3]]
@@ -255,7 +255,7 @@ def test_cached_and_recompute_paths_agree():
         assert x.logprob == pytest.approx(y.logprob, abs=1e-9)
 
 
-# -- n-gram ban ----------------------------------------------------------------------------------
+# -- n-gram ban -------------------------------------------------------------------------------
 
 def repeated_bigram(seq) -> bool:
     bigrams = list(zip(seq, seq[1:]))
@@ -278,7 +278,7 @@ def test_a_row_with_every_token_banned_stops_unfinished():
     assert gens == [Generation(tokens=[1, 2], logprob=gens[0].logprob, finished=False)]
 
 
-# -- seeds -----------------------------------------------------------------------------------------
+# -- seeds ------------------------------------------------------------------------------------
 
 def test_a_prompt_gives_the_same_sample_alone_or_in_any_batch():
     seeds = [11, 12, 13, 14]
@@ -298,7 +298,7 @@ def test_an_int_seed_is_every_prompts_seed():
     assert same(sample(MODEL, PROMPTS, seed=5, **kw), sample(MODEL, PROMPTS, seed=[5] * 4, **kw))
 
 
-# -- EOS, budgets, finished rows ------------------------------------------------------------------
+# -- EOS, budgets, finished rows --------------------------------------------------------------
 
 class CountingRows:
     """Records the number of rows of every extend call of a cached model."""
@@ -345,7 +345,7 @@ def test_zero_new_tokens_and_empty_batch():
     assert greedy(MODEL, [[1], [2, 3]], max_new_tokens=0) == [Generation(), Generation()]
 
 
-# -- errors ------------------------------------------------------------------------------------------
+# -- errors -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(temperature=-0.1), "temperature"),

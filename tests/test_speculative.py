@@ -7,8 +7,9 @@ is P(a, b) = p(a | prompt) * p(b | prompt + a), with p the target's processed di
 plain ``forward`` and a processor written in this file. N seeded runs are compared with it by
 Pearson's chi-square (cells with expected count < 5 pooled into one; a run landing in a cell
 of probability 0 fails outright). The critical value is the chi-square quantile at a
-false-alarm rate of 1e-6 (Wilson-Hilferty approximation), so a correct implementation fails
-it with probability about one in a million, while the known wrong variants written below
+false-alarm rate of 1e-6 (Wilson-Hilferty approximation, slightly conservative at these
+degrees of freedom), so a correct implementation fails it with probability below one in a
+million, while the known wrong variants written below
 (resampling from p instead of the residual after a rejection; drawing the bonus token from
 the draft) exceed it by far.
 """

@@ -110,7 +110,7 @@ def warp(logits: np.ndarray, *, temperature: float, top_k: int = 0, top_p: float
 
 
 def one_hot_argmax(logits: np.ndarray) -> np.ndarray:
-    """Greedy as a distribution: probability 1 on each row's argmax (lowest id on ties). (..., V)."""
+    """Greedy as a distribution (..., V): probability 1 on each row's argmax (ties: lowest id)."""
     x = np.asarray(logits)
     best = x.argmax(axis=-1)                                 # [...]
     return (np.arange(x.shape[-1]) == best[..., None]).astype(np.float64)  # [..., V]

@@ -99,10 +99,12 @@ def speculative_sample(target, draft, prompts: Sequence[Sequence[int]], *,
     draft's q; the output is distributed exactly as sampling from p. Temperature 0 gives the
     target's greedy decoding.
 
-    ``prompts``: B lists of ids, lengths may differ. Each row returns at most
+    ``prompts``: B lists of ids, lengths may differ. A round proposes
+    min(num_draft_tokens, smallest remaining budget of the running rows) drafts per row, so no
+    model is asked for a position past prompt + ``max_new_tokens``. Each row returns at most
     ``max_new_tokens`` tokens (tokens emitted past that, or past EOS, in a round are dropped;
     a prefix of a correctly distributed sequence is correctly distributed). A row stops at its
-    EOS, which is included. ``seed``: None, an int, or one int per prompt (each prompt owns a
+    EOS, which is included; finished rows leave both caches and are no longer computed. ``seed``: None, an int, or one int per prompt (each prompt owns a
     generator). ``logprob`` is the target's raw (unprocessed) float64 log-probability.
     """
     for who, m in (("target", target), ("draft", draft)):
