@@ -1,0 +1,48 @@
+"""The candidate selection inside a beam step, against sorting every candidate by hand."""
+
+import numpy as np
+import pytest
+
+from npdecode.search.beam import log_normalizer, top_candidates
+
+
+def brute_force(x, offset, item, k, batch):
+    """Each item's k best (value, row, token): value desc, then row, then token."""
+    out = []
+    for b in range(batch):
+        cands = [(offset[r] + float(x[r, t]), r, t)
+                 for r in np.flatnonzero(item == b) for t in range(x.shape[1])]
+        cands.sort(key=lambda c: (-c[0], c[1], c[2]))
+        out.append(cands[:k])
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("spread", [0.5, 50.0])   # 50: beams far apart, the loose-bound path
+@pytest.mark.parametrize("seed", range(6))
+def test_top_candidates_equal_a_full_sort_including_ties(dtype, spread, seed):
+    rng = np.random.default_rng(seed)
+    batch, k, V = 5, 3, 40   # V > 4k, so a loose bound really takes the fallback
+    rows_of = rng.integers(0, k + 1, size=batch)           # items with 0..k live rows
+    item = np.repeat(np.arange(batch), rows_of)
+    n = len(item)
+    x = rng.integers(-3, 3, size=(n, V)).astype(dtype)      # small integers: many exact ties
+    x[rng.random((n, V)) < 0.1] = -np.inf                   # and some masked tokens
+    x[:, 0] = np.maximum(x[:, 0], 0)                        # every row keeps a real token
+    offset = np.round(rng.normal(0, spread, size=n))        # integer offsets keep ties exact
+    value, row, token = top_candidates(x, x.max(axis=1).astype(np.float64), offset, item,
+                                       k, batch)
+    for b, want in enumerate(brute_force(x, offset, item, k, batch)):
+        got = [(value[b, j], row[b, j], token[b, j]) for j in range(k) if row[b, j] >= 0]
+        assert got == want
+
+
+def test_float32_normalizer_is_accurate_to_float32_rounding():
+    rng = np.random.default_rng(0)
+    logits = (rng.standard_normal((64, 1000)) * 4).astype(np.float32)
+    x = logits.astype(np.float64)
+    exact = np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)
+    got = log_normalizer(logits, logits.max(1).astype(np.float64))
+    assert np.abs(got - exact).max() < 1e-6
+    got64 = log_normalizer(x, x.max(1))
+    assert np.abs(got64 - exact).max() < 1e-12
