@@ -1,4 +1,4 @@
-"""GPT2 against HuggingFace transformers (the oracle) on random-weight checkpoints built locally."""
+"""GPT2 against HuggingFace transformers (the oracle), on random checkpoints built locally."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def test_context_limit_is_the_number_of_positions(tmp_path):
     cache = model.new_cache(1, POSITIONS + 2)
     model.prefill([[1] * POSITIONS], cache)
     with pytest.raises(ValueError, match="context"):
-        model.extend(np.array([[1]]), cache)                             # position 40 does not exist
+        model.extend(np.array([[1]]), cache)                             # position 40: none
 
 
 def test_search_refuses_prompt_that_would_outgrow_the_context(tmp_path):

@@ -93,7 +93,8 @@ def grid(n_cases, seed):
     for _ in range(n_cases):
         K = int(rng.choice([2, 3, 4, 5]))
         cases.append(dict(
-            batch=int(rng.choice([1, 2, 4])), K=K, lp=float(rng.choice([-1.0, 0.0, 0.6, 1.0, 2.0])),
+            batch=int(rng.choice([1, 2, 4])), K=K,
+            lp=float(rng.choice([-1.0, 0.0, 0.6, 1.0, 2.0])),
             es=[True, False, "never"][rng.integers(3)], n_ret=int(rng.integers(1, K + 1)),
             ngram=int(rng.choice([0, 0, 1, 2, 3])), max_new=int(rng.integers(1, 12)),
             eos=bool(rng.random() < 0.85), seed=int(rng.integers(1 << 30))))
@@ -305,6 +306,22 @@ def test_hf_policy_reports_bad_logits_with_the_batch_item():
             return out
     with pytest.raises(ValueError, match="NaN.*batch item 1"):
         beam_search(Broken(), [[C], [A]], num_beams=2, max_new_tokens=3, policy="hf")
+
+
+def test_hf_policy_is_batch_independent_without_ngram_bans(hf, models):
+    """Each item's search is its own: alone or in a batch, the same hypotheses. (With n-gram
+    bans transformers lets the left padding into the history, so a batch can change them.)"""
+    _, ours, likely = models[1]
+    prompts = [[3, 1, 4, 1, 5], [9], [2, 6, 5, 3, 5, 8, 9, 7]]
+    kw = dict(num_beams=3, max_new_tokens=8, eos_token_id=likely, length_penalty=0.6,
+              num_return_sequences=3, policy="hf")
+    together = beam_search(ours, prompts, **kw)
+    tol = 1e-9 if ours.dtype == np.float64 else 1e-5  # float32 matmuls round by batch shape
+    for p, hyps in zip(prompts, together):
+        alone = beam_search(ours, [p], **kw)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in hyps]
+        np.testing.assert_allclose([h.score for h in alone], [h.score for h in hyps],
+                                   atol=tol, rtol=0)
 
 
 def test_hf_policy_zero_new_tokens_and_context_limit():

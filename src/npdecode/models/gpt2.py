@@ -216,7 +216,7 @@ class GPT2:
                        head_dim=self.head_dim, dtype=self.dtype)
 
     def prefill(self, prompts: Sequence[Sequence[int]], cache: KVCache) -> np.ndarray:
-        """Write the prompts left-padded into cache rows 0..N-1; logits (N, V) of their last token."""
+        """Write the prompts, left-padded, into cache rows 0..N-1; logits (N, V) of last tokens."""
         ids, lengths = left_pad(prompts)
         if lengths.max() > self.max_context:
             raise ValueError(f"a prompt of {int(lengths.max())} tokens exceeds the model's "
