@@ -86,14 +86,14 @@ class BeamState:
 def log_normalizer(logits: np.ndarray, row_max: np.ndarray) -> np.ndarray:
     """log(sum(exp(logits))) per row (n,) as float64, shifted by the row max (n,).
 
-    Float64 logits are normalized in float64. Float32 logits are exponentiated in float32 and
-    summed in float64: the error (about 1e-7) is below the rounding already in a float32
-    model's logits, and the pass over (n, V) costs half as much.
+    Float64 logits are normalized in float64. Float32 logits are exponentiated and summed
+    (pairwise) in float32 and the log taken in float64: the error, a few 1e-7, is the size of
+    the rounding already in a float32 model's logits, and the passes over (n, V) cost half.
     """
     if logits.dtype == np.float32:
         shifted = logits - row_max.astype(np.float32)[:, None]            # [n, V] float32
         np.exp(shifted, out=shifted)
-        return row_max + np.log(shifted.sum(axis=1, dtype=np.float64))
+        return row_max + np.log(shifted.sum(axis=1).astype(np.float64))
     shifted = logits.astype(np.float64)                                   # [n, V]
     shifted -= row_max[:, None]
     np.exp(shifted, out=shifted)
@@ -133,22 +133,21 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
     """Each item's k best candidates (row, token) by logprob ``offset[row] + x[row, token]``.
 
     ``x`` (n, V) is in the model's dtype (candidate logprobs are formed in float64);
-    ``x_max`` (n,) is each row's max of x, in float64. Ties go to the lower row (the parent's place in
-    the pool), then the lower token id. Returns (value, row, token), each (B, k); missing
-    entries have row -1.
+    ``x_max`` (n,) is each row's max of x, in float64. ``item`` (n,) is each row's batch item,
+    ascending. Ties go to the lower row (the parent's place in the pool), then the lower
+    token id. Returns (value, row, token), each (B, k); missing entries have row -1.
     """
     n, V = x.shape
     value_max = offset + x_max                                            # [n]
     bound = candidate_bounds(value_max, x, item, k, batch)                # [n]
-    # A margin so that rounding in (bound - offset) can never exclude an entry equal to it.
-    # A row whose hypothesis already has logprob -inf offers only -inf candidates: it takes
-    # every token (inf - inf would be NaN), and the tie rule decides among them.
-    # The threshold is rounded down into x's dtype so the comparison runs natively; both
-    # steps can only admit extra candidates, which the exact ranking below sorts out.
+    # A margin so that rounding in (bound - offset) can never exclude an entry equal to it;
+    # the threshold is then rounded down into x's dtype so the comparison runs natively. Both
+    # can only admit extra candidates, which the exact ranking below sorts out.
+    # A row whose hypothesis has logprob -inf makes its item's bound -inf (its best candidate
+    # is -inf); clamping its offset keeps -inf - (-inf) = NaN out: it takes every token, and
+    # the tie rule decides among them.
     margin = 1e-9 * (1.0 + np.abs(bound))
-    with np.errstate(invalid="ignore"):
-        threshold = bound - offset - margin                               # [n]
-    threshold[np.isnan(threshold)] = -np.inf
+    threshold = bound - np.maximum(offset, -1e300) - margin              # [n]
     threshold = np.nextafter(threshold.astype(x.dtype), -np.inf)
     flat = np.flatnonzero(x >= threshold[:, None])                        # [C] in (row, token) order
     if len(flat) > 4 * k * n:
@@ -159,20 +158,20 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
         flat = np.flatnonzero(x >= threshold[:, None])
     row, token = np.divmod(flat, V)
     value = offset[row] + x.ravel()[flat].astype(np.float64)              # [C]
-    # Stable sorts: by value (highest first), then by item; equal values keep (row, token) order.
-    order = np.argsort(-value, kind="stable")
-    order = order[np.argsort(item[row[order]], kind="stable")]
-    it = item[row[order]]
-    first = np.searchsorted(it, np.arange(batch))                         # [B] group starts
-    rank = np.arange(len(order)) - first[it]
-    keep = rank < k
+    it = item[row]  # ascending: rows are grouped by item and flat is in row order
+    # One stable sort by (item, value highest first): equal values keep (row, token) order,
+    # and the items stay in their groups, so it[order] == it.
+    order = np.lexsort((-value, it))                                      # [C]
+    counts = np.bincount(it, minlength=batch)                             # [B]
+    rank = np.arange(len(order)) - (np.cumsum(counts) - counts)[it]       # rank within item
+    keep = np.flatnonzero(rank < k)
+    sel, b, j = order[keep], it[keep], rank[keep]
     out_value = np.full((batch, k), -np.inf)
     out_row = np.full((batch, k), -1, dtype=np.int64)
     out_token = np.zeros((batch, k), dtype=np.int64)
-    sel = order[keep]
-    out_value[it[keep], rank[keep]] = value[sel]
-    out_row[it[keep], rank[keep]] = row[sel]
-    out_token[it[keep], rank[keep]] = token[sel]
+    out_value[b, j] = value[sel]
+    out_row[b, j] = row[sel]
+    out_token[b, j] = token[sel]
     return out_value, out_row, out_token
 
 

@@ -48,7 +48,8 @@ class CachedRunner:
         in_cache_order[self.perm] = tokens
         self.calls += 1
         self.rows += len(tokens)
-        return self.model.extend(in_cache_order[:, None], self.cache)[self.perm, 0]
+        logits = self.model.extend(in_cache_order[:, None], self.cache)[:, 0]   # [n, V]
+        return np.take(logits, self.perm, axis=0)
 
 
 class RecomputeRunner:

@@ -1,0 +1,128 @@
+"""Beam search speed: npdecode against the slow per-beam reference, on TinyLM.
+
+Run with one BLAS thread (see benchmarks/README.md for the exact command). For each standard
+configuration (B, K, T) of the specification it prints tokens/s (B*K*T generated tokens over
+wall time, median of several runs) for npdecode and the reference, their ratio, and how
+npdecode's time splits between the model's forward calls, the KV cache's reordering by beam
+parent, and the search's own bookkeeping (log-softmax, candidate selection, pool updates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from reference_beam import reference_beam_search  # noqa: E402
+
+from npdecode import TinyLM, batched_beam_search  # noqa: E402
+
+CONFIGS = [(1, 1, 32), (8, 4, 32), (32, 8, 64), (8, 4, 256)]
+
+
+class Timed:
+    """Wraps a cached model; accumulates the wall time spent in its calls (``seconds``) and in
+    its cache's beam reordering (``cache_seconds``)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.vocab_size = model.vocab_size
+        self.max_context = model.max_context
+        self.seconds = 0.0
+        self.cache_seconds = 0.0
+
+    def new_cache(self, rows, slots):
+        cache = self.model.new_cache(rows, slots)
+        fork = cache.fork
+
+        def timed_fork(*args):
+            t0 = time.perf_counter()
+            out = fork(*args)
+            self.cache_seconds += time.perf_counter() - t0
+            return out
+
+        cache.fork = timed_fork
+        return cache
+
+    def forward(self, ids):
+        return self._timed(self.model.forward, ids)
+
+    def prefill(self, prompts, cache):
+        return self._timed(self.model.prefill, prompts, cache)
+
+    def extend(self, tokens, cache):
+        return self._timed(self.model.extend, tokens, cache)
+
+    def _timed(self, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+
+def prompts_for(batch: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, vocab, size=rng.integers(4, 17)).tolist() for _ in range(batch)]
+
+
+def median_time(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs per measurement (median)")
+    parser.add_argument("--reference-runs", type=int, default=3,
+                        help="runs of the slow reference (median)")
+    parser.add_argument("--vocab", type=int, default=1000)
+    parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--skip-reference", action="store_true")
+    args = parser.parse_args()
+
+    print(f"TinyLM(vocab_size={args.vocab}, d_model={args.d_model}); alpha=0.6, eos=0; "
+          f"prompts of 4-16 tokens; median of {args.runs} runs "
+          f"({args.reference_runs} for the reference)\n")
+    print("| dtype | (B, K, T) | npdecode tok/s | reference tok/s | speed-up | model forward | "
+          "cache reorder | search bookkeeping |")
+    print("|---|---|---|---|---|---|---|---|")
+    for dtype in (np.float64, np.float32):
+        model = TinyLM(args.vocab, args.d_model, seed=0, dtype=dtype)
+        for B, K, T in CONFIGS:
+            prompts = prompts_for(B, args.vocab)
+            kw = dict(beam_width=K, max_new_tokens=T, alpha=0.6, eos_token_id=0)
+            fast = median_time(lambda: batched_beam_search(model, prompts, **kw), args.runs)
+            timed = Timed(model)
+            model_shares, cache_shares = [], []
+            for _ in range(args.runs):
+                timed.seconds = timed.cache_seconds = 0.0
+                t0 = time.perf_counter()
+                batched_beam_search(timed, prompts, **kw)
+                total = time.perf_counter() - t0
+                model_shares.append(timed.seconds / total)
+                cache_shares.append(timed.cache_seconds / total)
+            model_share = statistics.median(model_shares)
+            cache_share = statistics.median(cache_shares)
+            work = B * K * T
+            if args.skip_reference:
+                ref_s, ratio = "-", "-"
+            else:
+                slow = median_time(lambda: reference_beam_search(model, prompts, **kw),
+                                   args.reference_runs)
+                ref_s, ratio = f"{work / slow:,.0f}", f"{slow / fast:,.1f}x"
+            print(f"| {np.dtype(dtype).name} | ({B}, {K}, {T}) | {work / fast:,.0f} | {ref_s} | "
+                  f"{ratio} | {model_share:.0%} | {cache_share:.0%} | "
+                  f"{1 - model_share - cache_share:.0%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
