@@ -42,7 +42,7 @@ def _one_prompt(model, prompt, K, T, alpha, eos, ngram):
         entries = []  # (sort key, hypothesis)
         for rank, (g, lp_sum, fin) in enumerate(pool):
             if fin:
-                entries.append(((-_score(lp_sum, len(g), alpha), 0, rank, 0), (g, lp_sum, fin)))
+                entries.append(((-_score(lp_sum, len(g), alpha), 0, rank, 0, 0), (g, lp_sum, fin)))
                 continue
             logits = np.asarray(model.forward(np.array([prompt + g])), dtype=np.float64)[0]
             lp = log_softmax(logits)
@@ -53,9 +53,11 @@ def _one_prompt(model, prompt, K, T, alpha, eos, ngram):
             ranked = sorted(range(len(lp)),
                             key=lambda t: (-(lp[t] if t in allowed else -np.inf), t))[:m]
             for t in ranked:
-                new_lp = lp_sum + (lp[t] if t not in banned else -np.inf)
-                h = (g + [t], new_lp, eos is not None and t == eos)
-                entries.append(((-_score(new_lp, len(g) + 1, alpha), 1, rank, t), h))
+                lp_t = lp[t] if t not in banned else -np.inf
+                h = (g + [t], lp_sum + lp_t, eos is not None and t == eos)
+                # ties: finished first, then parent's rank, then higher lp, then lower id
+                entries.append(((-_score(lp_sum + lp_t, len(g) + 1, alpha), 1, rank, -lp_t, t),
+                                h))
         entries.sort(key=lambda e: e[0])
         pool = [h for _, h in entries[:K]]
     return [Hypothesis(tokens=g, score=float(_score(lp, len(g), alpha)), logprob=float(lp),

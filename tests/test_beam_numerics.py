@@ -69,3 +69,15 @@ def test_two_thousand_steps_stay_finite_and_exact():
     lp = log_softmax(m.extend(seq[None], cache)[0])          # [T, V]
     want = lp[np.arange(2, len(seq) - 1), seq[3:]].sum()
     assert abs(best.logprob - want) < 1e-8 * abs(want)
+
+
+def test_candidates_of_an_impossible_hypothesis_rank_by_their_logits():
+    # One real token (2) and K=5 > V: after step 1 the pool holds [2], then [0] and [1] at
+    # -inf. At step 2 every candidate of the -inf parent [0] scores -inf; the tie rule takes
+    # its best-logit token (2) first, then the lowest id (0) - not simply the lowest ids.
+    model = FixedLogits([-np.inf, -np.inf, 0.0])
+    got = batched_beam_search(model, [[1]], beam_width=5, max_new_tokens=2)[0]
+    assert [h.tokens for h in got] == [[2, 2], [2, 0], [2, 1], [0, 2], [0, 0]]
+    assert got[0].logprob == 0.0 and all(h.logprob == -np.inf for h in got[1:])
+    want = reference_beam_search(model, [[1]], beam_width=5, max_new_tokens=2)[0]
+    assert [h.tokens for h in want] == [h.tokens for h in got]

@@ -10,8 +10,8 @@ its j-th best hypothesis, so the pool's order is the array order.
 
 Tie-breaking (deterministic, and a function of the item alone): at equal score a hypothesis
 already finished before this step ranks ahead of a new candidate; finished ones keep their
-previous relative order; candidates rank by their parent's place in the pool, then by token
-id (lowest first).
+previous relative order; candidates rank by their parent's place in the pool, then by the
+token's log-probability under the parent (highest first), then by token id (lowest first).
 """
 
 from __future__ import annotations
@@ -134,8 +134,9 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
 
     ``x`` (n, V) is in the model's dtype (candidate logprobs are formed in float64);
     ``x_max`` (n,) is each row's max of x, in float64. ``item`` (n,) is each row's batch item,
-    ascending. Ties go to the lower row (the parent's place in the pool), then the lower
-    token id. Returns (value, row, token), each (B, k); missing entries have row -1.
+    ascending. Ties go to the lower row (the parent's place in the pool), then the higher
+    logit, then the lower token id. Returns (value, row, token), each (B, k); missing entries
+    have row -1.
     """
     n, V = x.shape
     value_max = offset + x_max                                            # [n]
@@ -159,9 +160,14 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
     row, token = np.divmod(flat, V)
     value = offset[row] + x.ravel()[flat].astype(np.float64)              # [C]
     it = item[row]  # ascending: rows are grouped by item and flat is in row order
-    # One stable sort by (item, value highest first): equal values keep (row, token) order,
-    # and the items stay in their groups, so it[order] == it.
-    order = np.lexsort((-value, it))                                      # [C]
+    # A stable sort by (item, value highest first): equal values keep (row, token) order, and
+    # the items stay in their groups, so it[order] == it. Within a row equal values mean equal
+    # logits, except in a row whose hypothesis has logprob -inf, where every candidate is
+    # -inf: there the tie rule also orders by the logit, highest first.
+    if np.isneginf(offset).any():
+        order = np.lexsort((-x.ravel()[flat], row, -value, it))           # [C]
+    else:
+        order = np.lexsort((-value, it))                                  # [C]
     counts = np.bincount(it, minlength=batch)                             # [B]
     rank = np.arange(len(order)) - (np.cumsum(counts) - counts)[it]       # rank within item
     keep = np.flatnonzero(rank < k)
