@@ -57,8 +57,9 @@ import numpy as np
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-# Default tile: rows of queries and of keys per block. At (B, H) = (2, 8) and D = 64 in float32
-# one score block is 1 MiB, small enough for cache, large enough to amortize the Python loop.
+# Default tile: rows of queries and of keys per block. At (B, H) = (2, 8) in float32 a block of
+# 128 x 128 scores per head is 1 MiB: small enough for cache, large enough to amortize the
+# Python loop over tiles.
 # KVCache.attend also uses it as the prompt length above which prefill goes through flash.
 FLASH_TILE = 128
 
@@ -185,7 +186,7 @@ def _check_inputs(Q: np.ndarray, K: np.ndarray, V: np.ndarray,
 
 def _check_key_start(key_start: np.ndarray | None, B: int, Nk: int) -> np.ndarray | None:
     """Validate ``key_start`` (int (B,), each in 0..Nk); None stays None."""
-    if key_start is None:
+    if key_start is None or B == 0:
         return None
     starts = np.asarray(key_start)
     if starts.shape != (B,) or not np.issubdtype(starts.dtype, np.integer):
