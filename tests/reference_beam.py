@@ -46,14 +46,12 @@ def _one_prompt(model, prompt, K, T, alpha, eos, ngram):
                 continue
             logits = np.asarray(model.forward(np.array([prompt + g])), dtype=np.float64)[0]
             lp = log_softmax(logits)
-            banned = _banned(prompt + g, ngram)
-            allowed = [t for t in range(len(lp)) if t not in banned]
+            lp[list(_banned(prompt + g, ngram))] = -np.inf   # a banned token can't be chosen
             m = min(2 * K, len(lp))
-            # top-m tokens, ties to the lowest id; banned tokens rank as -inf
-            ranked = sorted(range(len(lp)),
-                            key=lambda t: (-(lp[t] if t in allowed else -np.inf), t))[:m]
-            for t in ranked:
-                lp_t = lp[t] if t not in banned else -np.inf
+            # top-m tokens: highest lp first, ties to the lowest id
+            ranked = np.lexsort((np.arange(len(lp)), -lp))[:m]
+            for t in ranked.tolist():
+                lp_t = lp[t]
                 h = (g + [t], lp_sum + lp_t, eos is not None and t == eos)
                 # ties: finished first, then parent's rank, then higher lp, then lower id
                 entries.append(((-_score(lp_sum + lp_t, len(g) + 1, alpha), 1, rank, -lp_t, t),
