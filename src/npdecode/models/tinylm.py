@@ -83,12 +83,14 @@ class TinyLM:
         tokens = np.asarray(tokens)
         n, t = tokens.shape
         d = self.d_model
-        x = self.embed[tokens]                                 # [n, t, d]
-        qkv = x @ self._Wqkv                                   # [n, t, 3d]
-        q, k, v = (qkv[..., i * d:(i + 1) * d][:, None] for i in range(3))  # [n, 1, t, d]
+        # Dense layers work on (n*t, d): a (n, t, d) @ (d, e) product would run as n separate
+        # matrix products, each reading the whole weight matrix.
+        x = self.embed[tokens.reshape(-1)]                     # [n*t, d]
+        qkv = (x @ self._Wqkv).reshape(n, 1, t, 3 * d)         # [n, 1, t, 3d] (one head)
+        q, k, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]   # [n, 1, t, d] each
         cache.write(0, k, v)
-        a = cache.attend(0, q, self._scale)[:, 0]              # [n, t, d]
+        a = cache.attend(0, q, self._scale).reshape(n * t, d)  # [n*t, d]
         cache.advance(t)
         x = x + a @ self.Wo
         x = x + np.maximum(x @ self.W1, 0) @ self.W2
-        return x @ self.lm_head                                # [n, t, V]
+        return (x @ self.lm_head).reshape(n, t, -1)            # [n, t, V]
