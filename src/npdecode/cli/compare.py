@@ -233,7 +233,10 @@ def speculative_table(Table, target, draft, prefixes: Sequence[str], seed: int, 
     t_plain = timed(lambda: each_alone(plain_sampling, target, draft, prompts, seeds), repeats)
 
     table = Table(title=f"Speculative sampling ({NUM_DRAFTS} drafts, temperature 1) against "
-                        f"plain sampling; {len(prompts)} prefixes, each decoded alone")
+                        f"plain sampling; {len(prompts)} prefixes, each decoded alone",
+                  caption="A ratio above 1 means speculative sampling is slower: each proposed "
+                          "token costs a draft call, and on models this small a call's fixed "
+                          "cost is a large part of its time.")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("draft tokens proposed", str(proposed))
