@@ -56,7 +56,9 @@ class GPT2Config:
 
 def _gelu_tanh(x: np.ndarray) -> np.ndarray:
     """GELU, tanh approximation (GPT-2's "gelu_new")."""
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    # x * x * x, not x ** 3: NumPy computes a float32 power through powf, some 400 times
+    # slower than two multiplications, and it was most of a decoding step's time.
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))))
 
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
