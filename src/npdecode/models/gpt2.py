@@ -161,11 +161,16 @@ class GPT2:
             s /= layer + 1
         return s
 
+    # Position-wise layers run on the rows flattened to one (n*t, d) matrix: NumPy multiplies
+    # a stack (n, t, d) @ (d, e) matrix by matrix, which for decoding steps (t = 1) is n
+    # vector products and several times slower than one (n*t, d) @ (d, e) product.
+
     def _qkv(self, blk: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """x (n, t, d) -> q, k, v each (n, H, t, Dh)."""
         n, t, d = x.shape
-        h = layer_norm(x, blk["ln_1.weight"], blk["ln_1.bias"], self.config.layer_norm_epsilon)
-        qkv = h @ blk["attn.c_attn.weight"] + blk["attn.c_attn.bias"]   # [n, t, 3d]
+        h = layer_norm(x.reshape(n * t, d), blk["ln_1.weight"], blk["ln_1.bias"],
+                       self.config.layer_norm_epsilon)                  # [n*t, d]
+        qkv = h @ blk["attn.c_attn.weight"] + blk["attn.c_attn.bias"]   # [n*t, 3d]
         qkv = qkv.reshape(n, t, 3, self.config.n_head, self.head_dim)   # [n, t, 3, H, Dh]
         q, k, v = qkv.transpose(2, 0, 3, 1, 4)                          # 3 x [n, H, t, Dh]
         return q, k, v
@@ -173,15 +178,18 @@ class GPT2:
     def _finish_block(self, blk: dict, x: np.ndarray, a: np.ndarray) -> np.ndarray:
         """Residual update of x (n, t, d) by attention output a (n, H, t, Dh), then the MLP."""
         n, t, d = x.shape
-        a = a.transpose(0, 2, 1, 3).reshape(n, t, d)                    # [n, t, d]
-        x = x + a @ blk["attn.c_proj.weight"] + blk["attn.c_proj.bias"]
+        a = a.transpose(0, 2, 1, 3).reshape(n * t, d)                   # [n*t, d]
+        x = x.reshape(n * t, d) + a @ blk["attn.c_proj.weight"] + blk["attn.c_proj.bias"]
         h = layer_norm(x, blk["ln_2.weight"], blk["ln_2.bias"], self.config.layer_norm_epsilon)
-        h = self._act(h @ blk["mlp.c_fc.weight"] + blk["mlp.c_fc.bias"])  # [n, t, 4d]
-        return x + h @ blk["mlp.c_proj.weight"] + blk["mlp.c_proj.bias"]  # [n, t, d]
+        h = self._act(h @ blk["mlp.c_fc.weight"] + blk["mlp.c_fc.bias"])  # [n*t, 4d]
+        x = x + h @ blk["mlp.c_proj.weight"] + blk["mlp.c_proj.bias"]     # [n*t, d]
+        return x.reshape(n, t, d)
 
     def _head(self, x: np.ndarray) -> np.ndarray:
-        x = layer_norm(x, *self.ln_f, self.config.layer_norm_epsilon)
-        return x @ self.lm_head                                         # [..., V]
+        """x (..., d) -> logits (..., V)."""
+        d = x.shape[-1]
+        h = layer_norm(x.reshape(-1, d), *self.ln_f, self.config.layer_norm_epsilon)
+        return (h @ self.lm_head).reshape(*x.shape[:-1], self.vocab_size)  # [..., V]
 
     def _embed(self, ids: np.ndarray, pos: np.ndarray) -> np.ndarray:
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
