@@ -103,15 +103,16 @@ def test_cache_refuses_overflow():
         m.extend(np.array([[4]]), cache)
 
 
-def test_fork_copies_only_forked_rows_and_agrees_with_forward():
+@pytest.mark.parametrize("rows", [8, 48])   # few forks copy row by row, many in one gather
+def test_fork_copies_only_forked_rows_and_agrees_with_forward(rows):
     m = TinyLM(vocab_size=40, d_model=16, seed=2)
     rng = np.random.default_rng(1)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10]]
-    cache = m.new_cache(rows=8, slots=20)
+    cache = m.new_cache(rows=rows, slots=20)
     m.prefill(prompts, cache)
     seqs, perm = [list(p) for p in prompts], np.arange(3)
     for _ in range(6):
-        parents = np.sort(rng.integers(0, len(seqs), size=rng.integers(1, 9)))
+        parents = np.sort(rng.integers(0, len(seqs), size=rng.integers(rows // 2, rows + 1)))
         before = cache.k.copy()
         new_perm = cache.fork(perm, parents)
         assert sorted(new_perm.tolist()) == list(range(len(parents)))

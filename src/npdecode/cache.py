@@ -165,8 +165,14 @@ class KVCache:
             lo = int(self.start[: self.n].min())
             hi = int(self.end[: self.n].max())
             from_rows = src[need]
-            self.k[:, holes, :, lo:hi] = self.k[:, from_rows, :, lo:hi]
-            self.v[:, holes, :, lo:hi] = self.v[:, from_rows, :, lo:hi]
+            if len(need) <= 16:
+                # A few rows: one slice copy each, with no temporary.
+                for h, f in zip(holes.tolist(), from_rows.tolist()):
+                    self.k[:, h, :, lo:hi] = self.k[:, f, :, lo:hi]
+                    self.v[:, h, :, lo:hi] = self.v[:, f, :, lo:hi]
+            else:
+                self.k[:, holes, :, lo:hi] = self.k[:, from_rows, :, lo:hi]
+                self.v[:, holes, :, lo:hi] = self.v[:, from_rows, :, lo:hi]
             self.start[holes] = self.start[from_rows]
             self.end[holes] = self.end[from_rows]
         self.n = m
