@@ -56,9 +56,19 @@ class GPT2Config:
 
 def _gelu_tanh(x: np.ndarray) -> np.ndarray:
     """GELU, tanh approximation (GPT-2's "gelu_new")."""
-    # x * x * x, not x ** 3: NumPy computes a float32 power through powf, some 400 times
-    # slower than two multiplications, and it was most of a decoding step's time.
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))))
+    # 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2 / pi), evaluated in place in one
+    # temporary. x * x * x, not x ** 3: NumPy computes a float32 power through powf, some 400
+    # times slower than two multiplications, and it was most of a decoding step's time.
+    c = math.sqrt(2.0 / math.pi)
+    y = x * x
+    y *= 0.044715 * c
+    y += c
+    y *= x                   # c (x + 0.044715 x^3)
+    np.tanh(y, out=y)
+    y += 1.0
+    y *= x
+    y *= 0.5
+    return y
 
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
@@ -91,9 +101,12 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.nd
     # np.add.reduce / d is what x.mean computes, without its Python-level wrapper (a few
     # microseconds per call, which add up on decoding steps of a few rows).
     d = x.shape[-1]
-    centered = x - np.add.reduce(x, axis=-1, keepdims=True) / d          # [..., d]
-    var = np.add.reduce(centered * centered, axis=-1, keepdims=True) / d  # [..., 1]
-    return centered / np.sqrt(var + eps) * g + b
+    out = x - np.add.reduce(x, axis=-1, keepdims=True) / d               # [..., d] centered
+    var = np.add.reduce(out * out, axis=-1, keepdims=True) / d            # [..., 1]
+    out /= np.sqrt(var + eps)
+    out *= g
+    out += b
+    return out
 
 
 class GPT2:
@@ -173,7 +186,8 @@ class GPT2:
         n, t, d = x.shape
         h = layer_norm(x.reshape(n * t, d), blk["ln_1.weight"], blk["ln_1.bias"],
                        self.config.layer_norm_epsilon)                  # [n*t, d]
-        qkv = h @ blk["attn.c_attn.weight"] + blk["attn.c_attn.bias"]   # [n*t, 3d]
+        qkv = h @ blk["attn.c_attn.weight"]                             # [n*t, 3d]
+        qkv += blk["attn.c_attn.bias"]
         qkv = qkv.reshape(n, t, 3, self.config.n_head, self.head_dim)   # [n, t, 3, H, Dh]
         q, k, v = qkv.transpose(2, 0, 3, 1, 4)                          # 3 x [n, H, t, Dh]
         return q, k, v
@@ -182,11 +196,17 @@ class GPT2:
         """Residual update of x (n, t, d) by attention output a (n, H, t, Dh), then the MLP."""
         n, t, d = x.shape
         a = a.transpose(0, 2, 1, 3).reshape(n * t, d)                   # [n*t, d]
-        x = x.reshape(n * t, d) + a @ blk["attn.c_proj.weight"] + blk["attn.c_proj.bias"]
-        h = layer_norm(x, blk["ln_2.weight"], blk["ln_2.bias"], self.config.layer_norm_epsilon)
-        h = self._act(h @ blk["mlp.c_fc.weight"] + blk["mlp.c_fc.bias"])  # [n*t, 4d]
-        x = x + h @ blk["mlp.c_proj.weight"] + blk["mlp.c_proj.bias"]     # [n*t, d]
-        return x.reshape(n, t, d)
+        # Biases and residuals are added in place, into the fresh products.
+        y = a @ blk["attn.c_proj.weight"]                               # [n*t, d]
+        y += blk["attn.c_proj.bias"]
+        y += x.reshape(n * t, d)                                        # residual stream
+        h = layer_norm(y, blk["ln_2.weight"], blk["ln_2.bias"], self.config.layer_norm_epsilon)
+        h = h @ blk["mlp.c_fc.weight"]                                  # [n*t, 4d]
+        h += blk["mlp.c_fc.bias"]
+        out = self._act(h) @ blk["mlp.c_proj.weight"]                   # [n*t, d]
+        out += blk["mlp.c_proj.bias"]
+        out += y
+        return out.reshape(n, t, d)
 
     def _head(self, x: np.ndarray) -> np.ndarray:
         """x (..., d) -> logits (..., V)."""
@@ -235,10 +255,14 @@ class GPT2:
             raise ValueError(f"a prompt of {int(lengths.max())} tokens exceeds the model's "
                              f"context of {self.max_context}")
         cache.begin(lengths, ids.shape[1])
-        return self.extend(ids, cache)[:, -1]
+        return self._head(self._through_cache(ids, cache)[:, -1])        # [N, V] last only
 
     def extend(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
         """Append tokens (n, t) to cache rows 0..n-1; return their logits (n, t, V)."""
+        return self._head(self._through_cache(tokens, cache))           # [n, t, V]
+
+    def _through_cache(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
+        """Run tokens (n, t) through the blocks with the cache; the final states (n, t, d)."""
         tokens = np.asarray(tokens)
         n, t = tokens.shape
         # Each row counts positions from its own first real token; padding slots sit before it
@@ -250,4 +274,4 @@ class GPT2:
             cache.write(i, k, v)
             x = self._finish_block(blk, x, cache.attend(i, q, self._attn_scale(i)))
         cache.advance(t)
-        return self._head(x)                                            # [n, t, V]
+        return x                                                        # [n, t, d]
