@@ -270,6 +270,35 @@ def parity_rows(engines: Engines, vocab: int, frequent_eos: int):
     return rows
 
 
+def load_gpt2_class(path: Path):
+    """The GPT2 class of another version of gpt2.py (importing the same npdecode package)."""
+    import importlib.util
+    import sys
+    spec = importlib.util.spec_from_file_location("gpt2_other", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module.GPT2
+
+
+def compare_gpt2(path: Path, other_model, model, vocab: int, rounds: int) -> None:
+    """npdecode tokens/s with another gpt2.py's model against the current one, same prompts."""
+    from npdecode import batched_beam_search
+    print(f"| (B, K, T) | {path.name} tok/s | current gpt2.py tok/s | speed-up | same hypotheses |")
+    print("|---|---:|---:|---:|---|")
+    for B, K, T in CONFIGS:
+        prompts = prompts_for(B, vocab)
+        kw = dict(beam_width=K, max_new_tokens=T, alpha=ALPHA, eos_token_id=EOS)
+        run = {"other": lambda: batched_beam_search(other_model, prompts, **kw),
+               "current": lambda: batched_beam_search(model, prompts, **kw)}
+        secs = median_times(run, rounds)
+        same = [[h.tokens for h in r] for r in run["other"]()] == \
+               [[h.tokens for h in r] for r in run["current"]()]
+        work = B * K * T
+        print(f"| ({B}, {K}, {T}) | {work / secs['other']:,.0f} | {work / secs['current']:,.0f} | "
+              f"{secs['other'] / secs['current']:.2f}x | {'yes' if same else 'NO'} |", flush=True)
+
+
 def plot(results: list[dict], path: Path, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -310,6 +339,9 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, default=HERE / "peers.png")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--skip-parity", action="store_true")
+    parser.add_argument("--compare-gpt2", type=Path, metavar="FILE",
+                        help="only time npdecode with the GPT2 of FILE (e.g. an older gpt2.py "
+                             "from git show) against the current one, interleaved, and exit")
     args = parser.parse_args()
 
     missing = [v for v in THREAD_VARS if os.environ.get(v) != "1"]
@@ -332,7 +364,14 @@ def main() -> None:
         generator = ctranslate2.Generator(str(ct2_dir), device="cpu", compute_type="float32",
                                           intra_threads=1, inter_threads=1)
         np_model = GPT2.from_pretrained(hf_dir, dtype=np.float32)
+        other_model = None
+        if args.compare_gpt2:
+            other = load_gpt2_class(args.compare_gpt2)
+            other_model = other.from_pretrained(hf_dir, dtype=np.float32)
     engines = Engines(np_model, hf_model, generator)
+    if args.compare_gpt2:
+        compare_gpt2(args.compare_gpt2, other_model, np_model, args.vocab, args.rounds)
+        return
 
     size = (f"GPT-2 vocab {args.vocab}, n_embd {args.n_embd}, {args.n_layer} layers, "
             f"{args.n_head} heads, n_positions {args.n_positions}")
