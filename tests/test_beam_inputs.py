@@ -113,3 +113,21 @@ def test_a_model_without_a_vocab_size_is_checked_against_its_logits():
         batched_beam_search(Anonymous(), [[5]], beam_width=1, max_new_tokens=2)
     with pytest.raises(ValueError, match="eos_token_id 4"):
         batched_beam_search(Anonymous(), [[1]], beam_width=1, max_new_tokens=2, eos_token_id=4)
+
+
+@pytest.mark.parametrize("strategy", ["pool", "hf", "greedy", "sample"])
+def test_every_strategy_checks_ids_against_a_vocabulary_read_off_the_logits(strategy):
+    from npdecode import beam_search, greedy, sample
+
+    class Anonymous:  # declares no vocab_size; its logits have 4 columns
+        def forward(self, ids):
+            return np.tile(np.linspace(0, 1, 4), (len(ids), 1))
+
+    run = {"pool": lambda p: beam_search(Anonymous(), p, num_beams=2, max_new_tokens=2),
+           "hf": lambda p: beam_search(Anonymous(), p, num_beams=2, max_new_tokens=2,
+                                       policy="hf"),
+           "greedy": lambda p: greedy(Anonymous(), p, max_new_tokens=2),
+           "sample": lambda p: sample(Anonymous(), p, max_new_tokens=2, seed=0)}[strategy]
+    assert run([[1, 2]])  # fine
+    with pytest.raises(ValueError, match="prompt 1, position 0: token 7.*vocab size 4"):
+        run([[1], [7]])

@@ -1,7 +1,6 @@
 """Beam search semantics (SPEC section 3) on models whose right answer is known."""
 
 import itertools
-import math
 
 import numpy as np
 

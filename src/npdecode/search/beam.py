@@ -21,11 +21,10 @@ from typing import Sequence
 
 import numpy as np
 
-from npdecode.models.protocol import vocab_size_of
 from npdecode.search.ngrams import ngram_ban_mask
 from npdecode.search.runner import make_runner
-from npdecode.search.validate import (check_context, check_eos, check_finite, check_int,
-                                      check_logits, check_prompts)
+from npdecode.search.validate import (check_finite, check_ids, check_int, check_logits,
+                                      check_request)
 
 
 @dataclass(frozen=True)
@@ -269,14 +268,10 @@ def batched_beam_search(model, prompts: Sequence[Sequence[int]], *, beam_width: 
     Returns:
         For each prompt, at most ``beam_width`` hypotheses, best score first.
     """
-    vocab = vocab_size_of(model)
-    prompts = check_prompts(prompts, vocab)
+    prompts, T, eos, vocab = check_request(model, prompts, max_new_tokens, eos_token_id)
     K = check_int("beam_width", beam_width, minimum=1)
-    T = check_int("max_new_tokens", max_new_tokens, minimum=0)
     alpha = check_finite("alpha", alpha)
-    eos = check_eos(eos_token_id, vocab)
     ngram = check_int("no_repeat_ngram_size", no_repeat_ngram_size, minimum=0)
-    check_context(model, prompts, T)
     if not prompts:
         return []
 
@@ -289,8 +284,7 @@ def batched_beam_search(model, prompts: Sequence[Sequence[int]], *, beam_width: 
     if vocab is None:  # a model that does not declare its vocabulary: read it off the logits
         vocab = logits.shape[1] if getattr(logits, "ndim", 0) == 2 else None
         check_logits(logits, len(prompts), vocab, np.arange(len(prompts)))
-        prompts = check_prompts(prompts, vocab)
-        eos = check_eos(eos, vocab)
+        check_ids(prompts, eos, vocab)
 
     for step in range(T):
         item, slot = np.nonzero(state.live)

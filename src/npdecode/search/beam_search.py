@@ -46,13 +46,12 @@ from typing import Sequence
 
 import numpy as np
 
-from npdecode.models.protocol import vocab_size_of
 from npdecode.numerics import log_softmax
 from npdecode.search.beam import Hypothesis, batched_beam_search
 from npdecode.search.ngrams import ngram_ban_mask
 from npdecode.search.runner import make_runner
-from npdecode.search.validate import (check_context, check_eos, check_finite, check_int,
-                                      check_logits, check_prompts)
+from npdecode.search.validate import (check_finite, check_ids, check_int, check_logits,
+                                      check_request)
 
 POLICIES = ("pool", "hf")
 
@@ -226,14 +225,10 @@ def hf_beam_search(model, prompts: Sequence[Sequence[int]], *, num_beams: int,
                    num_return_sequences: int = 1, no_repeat_ngram_size: int = 0,
                    pad_token_id: int | None = None) -> list[list[Hypothesis]]:
     """transformers 5.x beam search (see the module doc); arguments as :func:`beam_search`."""
-    vocab = vocab_size_of(model)
-    prompts = check_prompts(prompts, vocab)
+    prompts, T, eos, vocab = check_request(model, prompts, max_new_tokens, eos_token_id)
     K = check_int("num_beams", num_beams, minimum=1)
-    T = check_int("max_new_tokens", max_new_tokens, minimum=0)
     lp_exp = check_finite("length_penalty", length_penalty)
-    eos = check_eos(eos_token_id, vocab)
     ngram = check_int("no_repeat_ngram_size", no_repeat_ngram_size, minimum=0)
-    check_context(model, prompts, T)
     if not prompts:
         return []
     if T == 0:
@@ -249,9 +244,9 @@ def hf_beam_search(model, prompts: Sequence[Sequence[int]], *, num_beams: int,
     for t in range(T):
         n_rows = len(act) * beams_per_row
         check_logits(logits, n_rows, vocab, np.repeat(act, beams_per_row))
-        if vocab is None:
+        if vocab is None:  # a model that does not declare its vocabulary: read it off the logits
             vocab = logits.shape[1]
-            check_eos(eos, vocab)
+            check_ids(prompts, eos, vocab)
         V = vocab
         logp = log_softmax(logits)                                       # [n, V] float64
         if ngram:

@@ -27,13 +27,12 @@ from typing import Sequence
 
 import numpy as np
 
-from npdecode.models.protocol import vocab_size_of
 from npdecode.numerics import log_softmax
 from npdecode.search import processors as P
 from npdecode.search.ngrams import ngram_ban_mask
 from npdecode.search.runner import make_runner
-from npdecode.search.validate import (check_context, check_eos, check_finite, check_int,
-                                      check_logits, check_prompts)
+from npdecode.search.validate import (check_finite, check_ids, check_int, check_logits,
+                                      check_request)
 
 
 @dataclass(frozen=True)
@@ -157,7 +156,7 @@ def _decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos: int | 
         check_logits(logits, len(items), vocab, items)
         if vocab is None:  # the model declares no vocab_size: its first logits tell it
             vocab = logits.shape[1]
-            _check_ids_against(prompts, eos, vocab)
+            check_ids(prompts, eos, vocab)
         raw = np.asarray(logits, dtype=np.float64)                      # [n, V]
         counts = seqs = None
         if need_counts or need_seqs:
@@ -182,20 +181,6 @@ def _decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos: int | 
             for b in range(B)]
 
 
-def _check_ids_against(prompts: list[list[int]], eos: int | None, vocab: int) -> None:
-    check_prompts(prompts, vocab)
-    check_eos(eos, vocab)
-
-
-def _check_common(model, prompts, max_new_tokens, eos_token_id):
-    vocab = vocab_size_of(model)
-    clean = check_prompts(prompts, vocab)
-    n_new = check_int("max_new_tokens", max_new_tokens, minimum=0)
-    eos = check_eos(eos_token_id, vocab)
-    check_context(model, clean, n_new)
-    return clean, n_new, eos, vocab
-
-
 def greedy(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
            eos_token_id: int | None = None) -> list[Generation]:
     """Greedy decoding: each step the most probable token (ties: the lowest id).
@@ -206,7 +191,7 @@ def greedy(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     stops at its EOS; ``eos_token_id=None`` means no token stops it), at most
     ``max_new_tokens`` tokens each; ``logprob`` is the model's float64 log-probability.
     """
-    clean, n_new, eos, vocab = _check_common(model, prompts, max_new_tokens, eos_token_id)
+    clean, n_new, eos, vocab = check_request(model, prompts, max_new_tokens, eos_token_id)
     return _decode(model, clean, max_new_tokens=n_new, eos=eos, vocab=vocab,
                    opts=SamplingOptions(temperature=0.0), rngs=[])
 
@@ -236,7 +221,7 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     Returns B :class:`Generation` s (generated tokens only, EOS included when generated; the
     raw model's float64 log-probability; ``finished`` = EOS generated).
     """
-    clean, n_new, eos, vocab = _check_common(model, prompts, max_new_tokens, eos_token_id)
+    clean, n_new, eos, vocab = check_request(model, prompts, max_new_tokens, eos_token_id)
     opts = check_options(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                          frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
                          no_repeat_ngram_size=no_repeat_ngram_size)

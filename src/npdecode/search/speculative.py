@@ -39,8 +39,8 @@ from npdecode.models.protocol import is_cached, vocab_size_of
 from npdecode.numerics import log_softmax
 from npdecode.search import processors as P
 from npdecode.search.sampling import Generation, check_options, make_generators
-from npdecode.search.validate import (check_context, check_eos, check_int, check_logits,
-                                      check_prompts)
+from npdecode.search.validate import (check_context, check_eos, check_ids, check_int,
+                                      check_logits, check_prompts)
 
 
 @dataclass(frozen=True)
@@ -140,10 +140,9 @@ def speculative_sample(target, draft, prompts: Sequence[Sequence[int]], *,
     for who, model, cache in (("target", target, tcache), ("draft", draft, dcache)):
         first = model.prefill(clean, cache)
         check_logits(first, B, vocab, items)
-        if vocab is None:
+        if vocab is None:  # neither model declares its vocabulary: read it off the logits
             vocab = first.shape[1]
-            check_prompts(clean, vocab)
-            check_eos(eos, vocab)
+            check_ids(clean, eos, vocab)
         elif first.shape[1] != vocab:
             raise ValueError(f"target and draft must share the vocabulary; the {who} model "
                              f"returned {first.shape[1]} logits per token, expected {vocab}")

@@ -9,6 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
+from npdecode.models.protocol import vocab_size_of
+
 
 def check_int(name: str, value: object, *, minimum: int) -> int:
     """An integer >= minimum (bools are refused), else ValueError saying how to fix it."""
@@ -72,6 +74,28 @@ def check_context(model: object, prompts: list[list[int]], max_new_tokens: int) 
                 f"prompt {b} has {len(p)} tokens; with max_new_tokens={max_new_tokens} it needs "
                 f"{len(p) + max_new_tokens} positions but the model's context is {limit}. "
                 f"Shorten the prompt or lower max_new_tokens.")
+
+
+def check_request(model: object, prompts: Sequence[Sequence[int]], max_new_tokens: object,
+                  eos_token_id: object) -> tuple[list[list[int]], int, int | None, int | None]:
+    """The checks every strategy makes before any work.
+
+    Returns (prompts as lists of ints, max_new_tokens, eos id or None, vocabulary size or None
+    when the model does not declare one: see ``check_ids``).
+    """
+    vocab = vocab_size_of(model)
+    clean = check_prompts(prompts, vocab)
+    n_new = check_int("max_new_tokens", max_new_tokens, minimum=0)
+    eos = check_eos(eos_token_id, vocab)
+    check_context(model, clean, n_new)
+    return clean, n_new, eos, vocab
+
+
+def check_ids(prompts: list[list[int]], eos: int | None, vocab: int) -> None:
+    """Re-check prompt ids and the EOS once the vocabulary is known from the first logits (a
+    model that declares no ``vocab_size``)."""
+    check_prompts(prompts, vocab)
+    check_eos(eos, vocab)
 
 
 def check_logits(logits: np.ndarray, n_rows: int, vocab_size: int | None,
