@@ -51,3 +51,17 @@ def test_demo_runs_every_scenario_and_each_claim_holds(capsys):
     assert re.search(r"│\s+1 │ 0\s+│\s+-3\.0000 │", out)          # [EOS] first
     assert "alpha 0.0: [0] (-2.000), then [1, 1, 0]" in out
     assert "alpha 2.0: [1, 1, 0] (-0.333), then [0]" in out
+
+
+def test_demo_completes_name_prefixes_with_the_trained_model(capsys):
+    from npdecode.models.chars import EOS, decode, encode
+    from npdecode.models.pretrained import load_target
+
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    want = batched_beam_search(load_target(), [encode("em"), encode("chr")], beam_width=4,
+                               max_new_tokens=10, alpha=0.6, eos_token_id=EOS)
+    for prefix, hyps in zip(["em", "chr"], want):
+        assert f"prefix '{prefix}'" in out
+        for h in hyps:
+            assert f" {prefix + decode(h.tokens)} " in out

@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ["beam", "demo"]
+SUBCOMMANDS = ["beam", "demo", "compare", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:

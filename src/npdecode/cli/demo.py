@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.rule import Rule
 
 from npdecode.cli.render import console, hypotheses_table
+from npdecode.models.chars import EOS as NAME_END, decode, encode
+from npdecode.models.pretrained import load_target
 from npdecode.models.scripted import ScriptedLM
 from npdecode.models.tinylm import TinyLM
 from npdecode.search.beam import batched_beam_search
@@ -18,11 +20,12 @@ EOS = 0
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="walk through beam search's guarantees on small models",
+        "demo", help="walk through beam search's guarantees on small models and a trained one",
         description="Run the scenarios that show what npdecode's beam search guarantees "
                     "(greedy equivalence, batch independence, finished beams keeping their "
                     "place, the length penalty's direction) on TinyLM and on scripted models "
-                    "whose right answer is known by hand, explaining each in a few lines.")
+                    "whose right answer is known by hand, explaining each in a few lines, "
+                    "then completes name prefixes with the shipped character-level model.")
     p.add_argument("--seed", type=int, default=0, help="TinyLM weight seed (default 0)")
     p.set_defaults(func=run)
 
@@ -33,14 +36,8 @@ def run(args: argparse.Namespace) -> int:
     for scene in (batch_of_prompts, greedy_equivalence, batch_independence, eos_retention,
                   length_penalty):
         scene(out, model)
-    for scene in extra_scenes():
-        scene(out)
+    trained_names(out)
     return 0
-
-
-def extra_scenes():
-    """Scenes that need optional parts of the package (shipped trained models)."""
-    return []
 
 
 def heading(out: Console, title: str, *lines: str) -> None:
@@ -113,3 +110,17 @@ def length_penalty(out: Console, model: TinyLM) -> None:
         out.print(f"alpha {alpha}: {shown}")
 
 
+
+
+def trained_names(out: Console) -> None:
+    heading(out, "6. Beam search on a trained model: completing names",
+            "CharGPT, the character-level model shipped with npdecode (trained on 32k names), "
+            "completes three prefixes; the end-of-name token finishes a hypothesis. Beam "
+            "width 4, alpha 0.6.")
+    model = load_target()
+    prefixes = ["em", "chr", "zo"]
+    results = batched_beam_search(model, [encode(p) for p in prefixes], beam_width=4,
+                                  max_new_tokens=10, alpha=0.6, eos_token_id=NAME_END)
+    for prefix, hyps in zip(prefixes, results):
+        out.print(hypotheses_table(f"prefix {prefix!r}", hyps,
+                                   decode=lambda toks, p=prefix: p + decode(toks)))
