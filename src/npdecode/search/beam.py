@@ -93,8 +93,7 @@ def log_normalizer(logits: np.ndarray, row_max: np.ndarray) -> np.ndarray:
         shifted = logits - row_max.astype(np.float32)[:, None]            # [n, V] float32
         np.exp(shifted, out=shifted)
         return row_max + np.log(shifted.sum(axis=1).astype(np.float64))
-    shifted = logits.astype(np.float64)                                   # [n, V]
-    shifted -= row_max[:, None]
+    shifted = np.asarray(logits, dtype=np.float64) - row_max[:, None]     # [n, V]
     np.exp(shifted, out=shifted)
     return row_max + np.log(shifted.sum(axis=1))
 
@@ -114,6 +113,8 @@ def candidate_bounds(value_max: np.ndarray, x: np.ndarray, item: np.ndarray, k: 
     from below. With fewer rows, each row's own k-th best candidate bounds it the same way.
     Returns (n,) thresholds in logprob units.
     """
+    if len(item) == batch * k:  # every item has k rows (no beam has finished): [B, k] blocks
+        return np.repeat(value_max.reshape(batch, k).min(axis=1), k)
     rows_of = np.bincount(item, minlength=batch)                          # [B]
     has_rows = np.flatnonzero(rows_of)
     starts = (np.cumsum(rows_of) - rows_of)[has_rows]
