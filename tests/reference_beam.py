@@ -46,11 +46,12 @@ def _one_prompt(model, prompt, K, T, alpha, eos, ngram):
                 continue
             logits = np.asarray(model.forward(np.array([prompt + g])), dtype=np.float64)[0]
             lp = log_softmax(logits)
-            lp[list(_banned(prompt + g, ngram))] = -np.inf   # a banned token can't be chosen
+            banned = _banned(prompt + g, ngram)               # never chosen
             m = min(2 * K, len(lp))
             # top-m tokens: highest lp first, ties to the lowest id
-            ranked = np.lexsort((np.arange(len(lp)), -lp))[:m]
-            for t in ranked.tolist():
+            ranked = [t for t in np.lexsort((np.arange(len(lp)), -lp)).tolist()
+                      if t not in banned][:m]
+            for t in ranked:
                 lp_t = lp[t]
                 h = (g + [t], lp_sum + lp_t, eos is not None and t == eos)
                 # ties: finished first, then parent's rank, then higher lp, then lower id

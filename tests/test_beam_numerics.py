@@ -81,3 +81,37 @@ def test_candidates_of_an_impossible_hypothesis_rank_by_their_logits():
     assert got[0].logprob == 0.0 and all(h.logprob == -np.inf for h in got[1:])
     want = reference_beam_search(model, [[1]], beam_width=5, max_new_tokens=2)[0]
     assert [h.tokens for h in want] == [h.tokens for h in got]
+
+
+def test_banned_tokens_never_enter_the_pool_even_when_it_is_wider_than_the_allowed_ones():
+    m = TinyLM(vocab_size=3, d_model=4, seed=0)
+    got = batched_beam_search(m, [[0]], beam_width=3, max_new_tokens=2, no_repeat_ngram_size=1)
+    (hyps,) = got
+    assert all(0 not in h.tokens and len(set(h.tokens)) == len(h.tokens) for h in hyps)
+    assert all(np.isfinite(h.logprob) for h in hyps)
+    assert sorted(h.tokens for h in hyps) == [[1, 2], [2, 1]]   # all that is allowed
+    want = reference_beam_search(m, [[0]], beam_width=3, max_new_tokens=2,
+                                 no_repeat_ngram_size=1)
+    assert [h.tokens for h in hyps] == [h.tokens for h in want[0]]
+
+
+def test_ties_in_one_item_do_not_depend_on_an_impossible_hypothesis_in_another():
+    class TwoItems:
+        """Item A (prompt [1]): two candidates tie in float64; item B (prompt [2, 2]) has a
+        single real token, so a beam width of 3 takes a -inf hypothesis into its pool."""
+
+        vocab_size = 4
+
+        def forward(self, ids):
+            rows = []
+            for row in np.asarray(ids):
+                if row[0] == 1:
+                    rows.append([0.0, 1e-17, 5.0, -50.0])
+                else:
+                    rows.append([0.0, -np.inf, -np.inf, -np.inf])
+            return np.array(rows)
+
+    kw = dict(beam_width=3, max_new_tokens=2)
+    alone = batched_beam_search(TwoItems(), [[1]], **kw)[0]
+    batch = batched_beam_search(TwoItems(), [[1], [2, 2]], **kw)[0]
+    assert [h.tokens for h in alone] == [h.tokens for h in batch]

@@ -11,6 +11,7 @@ from npdecode.search.beam_search import beam_search
 from npdecode.search.sampling import Generation, greedy, sample
 from npdecode.search.speculative import SpeculativeResult, speculative_sample
 
-__all__ = ["CharGPT", "GPT2", "Generation", "Hypothesis", "SpeculativeResult", "TinyLM", "batched_beam_search",
-           "beam_search", "flash_attention_fwd", "greedy", "sample", "speculative_sample"]
+__all__ = ["CharGPT", "GPT2", "Generation", "Hypothesis", "SpeculativeResult", "TinyLM",
+           "batched_beam_search", "beam_search", "flash_attention_fwd", "greedy", "sample",
+           "speculative_sample"]
 __version__ = "0.1.0"

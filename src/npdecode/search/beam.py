@@ -129,14 +129,15 @@ def candidate_bounds(value_max: np.ndarray, x: np.ndarray, item: np.ndarray, k: 
 
 
 def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: np.ndarray,
-                   k: int, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   k: int, batch: int, banned: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each item's k best candidates (row, token) by logprob ``offset[row] + x[row, token]``.
 
     ``x`` (n, V) is in the model's dtype (candidate logprobs are formed in float64);
     ``x_max`` (n,) is each row's max of x, in float64. ``item`` (n,) is each row's batch item,
-    ascending. Ties go to the lower row (the parent's place in the pool), then the higher
-    logit, then the lower token id. Returns (value, row, token), each (B, k); missing entries
-    have row -1.
+    ascending. ``banned`` (n, V), if given, marks tokens that are never candidates. Ties go
+    to the lower row (the parent's place in the pool), then the higher logit, then the lower
+    token id. Returns (value, row, token), each (B, k); missing entries have row -1.
     """
     n, V = x.shape
     value_max = offset + x_max                                            # [n]
@@ -150,24 +151,23 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
     margin = 1e-9 * (1.0 + np.abs(bound))
     threshold = bound - np.maximum(offset, -1e300) - margin              # [n]
     threshold = np.nextafter(threshold.astype(x.dtype), -np.inf)
-    flat = np.flatnonzero(x >= threshold[:, None])                        # [C] in (row, token) order
+    flat = np.flatnonzero(x >= threshold[:, None])         # [C] in (row, token) order
     if len(flat) > 4 * k * n:
         # The bound was loose (beams far apart): no row can place more than its own k best
         # tokens, so raise each row's threshold to its k-th largest value. Ties with that
         # value still pass, so the ranking below stays exact.
         threshold = np.maximum(threshold, kth_largest(x, min(k, V)))
         flat = np.flatnonzero(x >= threshold[:, None])
+    if banned is not None:
+        flat = flat[~banned.ravel()[flat]]
     row, token = np.divmod(flat, V)
     value = offset[row] + x.ravel()[flat].astype(np.float64)              # [C]
     it = item[row]  # ascending: rows are grouped by item and flat is in row order
-    # A stable sort by (item, value highest first): equal values keep (row, token) order, and
-    # the items stay in their groups, so it[order] == it. Within a row equal values mean equal
-    # logits, except in a row whose hypothesis has logprob -inf, where every candidate is
-    # -inf: there the tie rule also orders by the logit, highest first.
-    if np.isneginf(offset).any():
-        order = np.lexsort((-x.ravel()[flat], row, -value, it))           # [C]
-    else:
-        order = np.lexsort((-value, it))                                  # [C]
+    # Sort by item, then value (highest first), then the tie rule: row (the parent's place in
+    # the pool), logit (highest first; it matters where a hypothesis's logprob is -inf and
+    # all its candidates tie), token (the stable sort keeps flat order). The items stay in
+    # their groups, so it[order] == it.
+    order = np.lexsort((-x.ravel()[flat], row, -value, it))               # [C]
     counts = np.bincount(it, minlength=batch)                             # [B]
     rank = np.arange(len(order)) - (np.cumsum(counts) - counts)[it]       # rank within item
     keep = np.flatnonzero(rank < k)
@@ -197,14 +197,15 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     x = logits                                                            # [n, V]
     x_max = (x.max(axis=1) if row_max is None else row_max).astype(np.float64)  # [n]
     offset = state.logprob[item, slot] - log_normalizer(x, x_max)         # [n]
-    if banned is not None:
+    if banned is not None:  # banned tokens are never chosen; bound the rest
         x = np.where(banned, -np.inf, x)
         x_max = x.max(axis=1).astype(np.float64)
 
     # Only an item's K best candidates can enter its pool: every unfinished hypothesis of an
     # item has the same length, so candidates rank by logprob alone. These K are always among
     # the per-beam top 2K of the specification, so the result is the same.
-    cand_logprob, cand_row, cand_token = top_candidates(x, x_max, offset, item, K, B)  # [B, k]
+    cand_logprob, cand_row, cand_token = top_candidates(x, x_max, offset, item, K, B,
+                                                        banned)                  # [B, k]
     k = cand_row.shape[1]
     cand_ok = cand_row >= 0
     cand_slot = np.where(cand_ok, slot[cand_row], 0)
