@@ -176,6 +176,32 @@ def test_scores_near_1e3_stay_finite_and_exact(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_masked_first_tile_then_very_negative_scores(dtype):
+    # Row 1's first key is padding; its visible scores are all -1000. A running max left at a
+    # stand-in 0 after the masked tile would make them underflow to zero weight.
+    Q = np.ones((2, 1, 3, 1), dtype=dtype)
+    K = np.array([0.0, -1000.0, -1000.0], dtype=dtype).reshape(1, 1, 3, 1).repeat(2, axis=0)
+    V = np.array([5.0, 7.0, 9.0], dtype=dtype).reshape(1, 1, 3, 1).repeat(2, axis=0)
+    starts = np.array([0, 1])
+    out = flash_attention_fwd(Q, K, V, tile_size=1, causal=True, key_start=starts, scale=1.0)
+    np.testing.assert_allclose(out[1, 0, 1:, 0], [7.0, 8.0], rtol=1e-6)   # by hand
+    ref = naive_attention(Q.astype(np.float64), K.astype(np.float64), V.astype(np.float64),
+                          causal=True, key_start=starts)
+    np.testing.assert_allclose(out[:, :, 1:], ref[:, :, 1:], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_padded_batch_with_scores_near_1e3(dtype):
+    Q, K, V = qkv(2, 2, 300, 16, dtype, scale=12.0)
+    starts = np.array([0, 170])
+    out = flash_attention_fwd(Q, K, V, tile_size=64, causal=True, key_start=starts)
+    ref = naive_attention(Q, K, V, causal=True, key_start=starts)
+    assert np.isfinite(out).all()
+    assert_matches(out[1, :, 170:], ref[1, :, 170:])
+    assert_matches(out[0], ref[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_check_catches_inverted_rescaling_factor(dtype):
     Q, K, V = qkv(1, 2, 256, 64, dtype, seed=9, scale=np.sqrt(1000))
     wrong = flash_with_inverted_factor(Q, K, V, 32)

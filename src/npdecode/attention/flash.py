@@ -35,10 +35,13 @@ long contexts produce) ``exp(m_new - m_old)`` overflows to inf, and ``acc / l`` 
 Masked scores are set to -inf, so they get exactly zero weight. A query row whose first key
 tile is fully masked (left padding before ``key_start``, or a causal tile entirely in its
 future) sees ``max(s) = -inf`` with ``m = -inf`` too, and ``exp(m - m_new)`` would be
-``exp(-inf - (-inf)) = NaN``. Such rows use a stand-in max of 0 for that tile: ``alpha =
-exp(-inf - 0) = 0`` and ``p = exp(-inf - 0) = 0``, so the row stays at ``m = -inf, l = 0,
-acc = 0``, exactly "no key seen yet", and its first visible key later starts the recurrence
-cleanly (``alpha = exp(-inf - m_new) = 0`` discards the empty state). A row that never sees a
+``exp(-inf - (-inf)) = NaN``. For such rows the tile's exponentials are shifted by a stand-in
+0 instead: ``alpha = exp(-inf - 0) = 0`` and ``p = exp(-inf - 0) = 0``, while the running max
+itself stays ``-inf``. The row stays at ``m = -inf, l = 0, acc = 0``, exactly "no key seen
+yet", and its first visible key later starts the recurrence cleanly (``alpha = exp(-inf -
+m_new) = 0`` discards the empty state). Keeping the stand-in as the max would be wrong: a
+later tile whose scores all lie far below 0 (say -1000) would be shifted by 0 and underflow
+to zero weight. A row that never sees a
 visible key (a padding query) ends with ``l = 0``; its output is defined as zeros rather than
 ``0 / 0``.
 
@@ -126,11 +129,13 @@ def _query_tile(q: np.ndarray, K: np.ndarray, V: np.ndarray, acc: np.ndarray, po
         if hidden is not None:
             np.copyto(s, -np.inf, where=hidden)
         m_new = np.maximum(m, s.max(axis=-1, keepdims=True))        # [B, H, tq, 1]
-        # Rows with every key so far masked have m_new = -inf; shift them by 0 instead, so
-        # alpha and p are exp(-inf) = 0 rather than exp(-inf - (-inf)) = NaN.
-        np.copyto(m_new, 0, where=np.isneginf(m_new))
-        alpha = np.exp(m - m_new)                                   # [B, H, tq, 1]  <= 1
-        s -= m_new
+        # Rows with every key so far masked have m_new = -inf; their exponentials are shifted
+        # by 0 instead, so alpha and p are exp(-inf) = 0 rather than exp(-inf - (-inf)) =
+        # NaN. Their running max itself stays -inf: a stand-in kept as the max would later
+        # shift real scores far below 0 into underflow.
+        shift = np.where(np.isneginf(m_new), dtype.type(0), m_new)  # [B, H, tq, 1]
+        alpha = np.exp(m - shift)                                   # [B, H, tq, 1]  <= 1
+        s -= shift
         p = np.exp(s, out=s)                                        # [B, H, tq, tk] <= 1
         l *= alpha
         l += p.sum(axis=-1, keepdims=True)
