@@ -37,11 +37,23 @@ def test_a_malformed_prompt_is_refused_by_the_parser(capsys):
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
-def test_every_subcommand_explains_itself(command, capsys):
+def test_every_subcommand_explains_itself_and_each_of_its_options(command, capsys):
+    import argparse
+
+    from npdecode.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = sub.choices[command]
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
     assert exit_.value.code == 0
-    assert len(capsys.readouterr().out.splitlines()) > 3
+    out = " ".join(capsys.readouterr().out.split())
+    assert out.startswith(f"usage: npdecode {command}") and parser.description
+    assert " ".join(parser.description.split())[:60] in out
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, f"{command} {action.option_strings} has no help text"
+            assert action.option_strings[-1] in out
 
 
 def test_demo_runs_every_scenario_and_each_claim_holds(capsys):
@@ -65,3 +77,21 @@ def test_demo_completes_name_prefixes_with_the_trained_model(capsys):
         assert f"prefix '{prefix}'" in out
         for h in hyps:
             assert f" {prefix + decode(h.tokens)} " in out
+
+
+@pytest.mark.parametrize("path", ["/nonexistent/model.npz", __file__])
+def test_a_missing_or_foreign_model_file_is_one_clear_error_line(path, capsys):
+    assert main(["compare", "--target", path, "--draft", path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("npdecode compare: error:") and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_without_rich_the_command_says_how_to_install_it(monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "rich" else real(name, *a))
+    assert main(["--help"]) == 2
+    assert "pip install 'npdecode[cli]'" in capsys.readouterr().err

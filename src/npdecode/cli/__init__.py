@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 # Subcommand modules, in the order ``--help`` lists them.
@@ -24,10 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if importlib.util.find_spec("rich") is None:
+        print("npdecode: the command line needs the 'rich' package for its tables and progress "
+              "bars; install it with: pip install 'npdecode[cli]'", file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except ValueError as err:  # bad input: one clear line, no traceback
+    except (ValueError, OSError) as err:  # bad input or a bad file: one clear line
         print(f"npdecode {args.command}: error: {err}", file=sys.stderr)
         return 2
 

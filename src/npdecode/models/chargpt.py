@@ -239,7 +239,13 @@ class CharGPT:
     @classmethod
     def load(cls, path, *, dtype=np.float64) -> "CharGPT":
         """Read a model written by ``save``; ``path`` is a file path or a binary file object."""
-        with np.load(path, allow_pickle=False) as f:
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except OSError as err:
+            raise ValueError(f"cannot read a CharGPT model from {path}: {err}") from None
+        except ValueError:
+            raise ValueError(f"{path} is not an .npz archive written by CharGPT.save") from None
+        with archive as f:
             if "config" not in f.files:
                 raise ValueError(f"{path} holds no CharGPT config; was it written by "
                                  f"CharGPT.save?")
