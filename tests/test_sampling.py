@@ -396,3 +396,13 @@ def test_bad_logits_name_the_batch_item():
     wrong_width.vocab_size = 5   # declares 5 tokens, returns 4 logits
     with pytest.raises(ValueError, match="shape"):
         greedy(wrong_width, [[1]], max_new_tokens=1)
+
+
+
+def test_a_tiny_temperature_is_greedy_not_nan():
+    from npdecode import TinyLM, greedy, sample
+    m = TinyLM(vocab_size=30, d_model=8, seed=3)
+    kw = dict(max_new_tokens=6, eos_token_id=None)
+    want = [g.tokens for g in greedy(m, [[1, 2], [3]], **kw)]
+    got = [g.tokens for g in sample(m, [[1, 2], [3]], temperature=1e-310, seed=0, **kw)]
+    assert got == want
