@@ -131,3 +131,12 @@ def test_every_strategy_checks_ids_against_a_vocabulary_read_off_the_logits(stra
     assert run([[1, 2]])  # fine
     with pytest.raises(ValueError, match="prompt 1, position 0: token 7.*vocab size 4"):
         run([[1], [7]])
+
+
+@pytest.mark.parametrize("policy", ["pool", "hf"])
+def test_beam_search_names_length_penalty_in_its_error(policy):
+    from npdecode import beam_search
+
+    with pytest.raises(ValueError, match="length_penalty must be a finite number"):
+        beam_search(TinyLM(10, 4), [[1]], num_beams=2, max_new_tokens=2,
+                    length_penalty=float("nan"), policy=policy)

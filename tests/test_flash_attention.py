@@ -340,3 +340,9 @@ def test_short_prefill_keeps_the_dense_path(flash_calls):
     for i, p in enumerate(prompts):
         np.testing.assert_allclose(logits[i], model.forward(np.array([p]))[0], rtol=0,
                                    atol=1e-10)
+
+
+def test_rejects_an_empty_head_dim():
+    z = np.zeros((1, 1, 2, 0))
+    with pytest.raises(ValueError, match="head dims must be at least 1"):
+        flash_attention_fwd(z, z, z)

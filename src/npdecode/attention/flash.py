@@ -177,6 +177,8 @@ def _check_inputs(Q: np.ndarray, K: np.ndarray, V: np.ndarray,
         raise ValueError(f"Q, K, V must agree on (B, H): got {Q.shape}, {K.shape}, {V.shape}")
     if K.shape[3] != D:
         raise ValueError(f"Q and K must have the same head dim, got {D} and {K.shape[3]}")
+    if D == 0 or V.shape[3] == 0:
+        raise ValueError(f"head dims must be at least 1, got Q/K {D} and V {V.shape[3]}")
     Nk = K.shape[2]
     if V.shape[2] != Nk:
         raise ValueError(f"K and V must have the same number of keys, got {Nk} and {V.shape[2]}")

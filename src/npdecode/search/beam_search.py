@@ -97,6 +97,7 @@ def beam_search(model, prompts: Sequence[Sequence[int]], *, num_beams: int,
                                      or not isinstance(pad_token_id, numbers.Integral)):
         raise ValueError(f"pad_token_id must be an integer id or None, got {pad_token_id!r}")
     if policy == "pool":
+        check_finite("length_penalty", length_penalty)  # named as the caller named it
         if early_stopping == "never" or bool(early_stopping) or pad_token_id is not None:
             raise ValueError("early_stopping and pad_token_id apply to policy='hf' only; the "
                              "pool policy stops exactly when every pool is finished")
