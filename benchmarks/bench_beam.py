@@ -1,7 +1,7 @@
 """Beam search speed: npdecode against the slow per-beam reference, on TinyLM.
 
 Run with one BLAS thread (see benchmarks/README.md for the exact command). For each standard
-configuration (B, K, T) of the specification it prints tokens/s (B*K*T generated tokens over
+configuration (B, K, T) it prints tokens/s (B*K*T generated tokens over
 wall time, median of several runs) for npdecode and the reference, their ratio, and how
 npdecode's time splits between the model's forward calls, the KV cache's reordering by beam
 parent, and the search's own bookkeeping (log-softmax, candidate selection, pool updates).

@@ -1,4 +1,4 @@
-"""A slow, obviously-correct beam search: SPEC section 3 transcribed line by line.
+"""A slow, obviously-correct beam search: the pool semantics (README) transcribed line by line.
 
 One prompt at a time, one hypothesis at a time, the full prefix re-run through
 ``model.forward`` for every hypothesis at every step, plain Python lists and sorting. It is

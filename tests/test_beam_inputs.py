@@ -1,4 +1,4 @@
-"""SPEC section 4: every bad input gets a clear error before any work starts."""
+"""Bad input: every bad input gets a clear error before any work starts."""
 
 import numpy as np
 import pytest

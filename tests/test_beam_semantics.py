@@ -1,4 +1,4 @@
-"""Beam search semantics (SPEC section 3) on models whose right answer is known."""
+"""Beam search semantics (the pool policy) on models whose right answer is known."""
 
 import itertools
 

@@ -16,7 +16,7 @@ from npdecode.search.sampling import Generation, greedy, sample
 
 LOGITS = np.array([2.0, 1.6, 1.1, 0.9, 0.3, -0.2, -1.0, -2.5])  # fixed next-token logits
 N_DRAWS = 10_000
-TOL = 0.01   # SPEC'd tolerance; the largest binomial std here is sqrt(.25 / 1e4) = 0.005
+TOL = 0.01   # the required tolerance; the largest binomial std here is sqrt(.25 / 1e4) = 0.005
 
 
 class FixedLogits:

@@ -1,4 +1,4 @@
-"""TinyLM is the seed model of SPEC section 2, and its cached path agrees with forward."""
+"""TinyLM is built exactly from its fixed construction, and its cached path agrees with forward."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from npdecode import TinyLM
 
 
 def spec_weights(vocab_size, d_model, seed):
-    """The construction of SPEC section 2, written out independently."""
+    """The fixed construction, written out independently."""
     rng = np.random.default_rng(seed)
     s = 1 / np.sqrt(d_model)
     d = d_model
@@ -21,7 +21,7 @@ def spec_weights(vocab_size, d_model, seed):
 
 
 def loop_forward(w, ids):
-    """SPEC forward for one sequence, one query position at a time (no masking trick)."""
+    """The defined forward for one sequence, one query position at a time (no masking trick)."""
     x = w["embed"][ids]                                   # [T, d]
     d = x.shape[1]
     q, k, v = x @ w["Wq"], x @ w["Wk"], x @ w["Wv"]

@@ -6,9 +6,11 @@ padding (a batch of prompts of different lengths is written left-padded so that 
 next token lands in the same slot) and are never attended to.
 
 The cache is passed to a model's ``prefill``/``extend`` explicitly and filled in place; it is
-never hidden on the model. Search strategies reorder it by beam parent (``reorder``, a gather
-into a second preallocated buffer, no allocation per step) and roll it back after rejected
-speculative tokens (``truncate``).
+never hidden on the model. Beam search reorders it by beam parent with ``fork``: a beam takes
+over its parent's row in place and only the extra children of a parent are copied, into rows
+nobody kept, so the preallocated buffer is never reallocated and most rows never move.
+``reorder`` is the plain gather (row i becomes old row ``parents[i]``). Speculative decoding
+rolls rows back after rejected tokens with ``truncate``.
 """
 
 from __future__ import annotations

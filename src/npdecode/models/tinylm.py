@@ -1,7 +1,8 @@
 """TinyLM: the seed model. A random single-block transformer, reproduced bit for bit.
 
 Its logits mean nothing; it exists so that decoding logic can be tested and timed on a model
-anyone can rebuild exactly from a seed (SPEC section 2 fixes the construction order).
+anyone can rebuild exactly from a seed (the construction order is fixed, so implementations
+elsewhere build bit-identical weights and results can be compared).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class TinyLM:
         rng = np.random.default_rng(seed)
         s = 1 / np.sqrt(d_model)
         d, v = d_model, vocab_size
-        # The draw order is fixed by the specification; do not reorder.
+        # The draw order is fixed (other implementations draw the same way); do not reorder.
         self.embed = rng.standard_normal((v, d)) * s          # [V, d]
         self.Wq = rng.standard_normal((d, d)) * s             # [d, d]
         self.Wk = rng.standard_normal((d, d)) * s

@@ -1,4 +1,4 @@
-"""Batched beam search with the pool semantics (SPEC section 3).
+"""Batched beam search with the pool semantics.
 
 Per batch item the search keeps a pool of at most K = beam_width hypotheses, finished and
 unfinished together. Each step, every unfinished hypothesis of every item is extended by one
@@ -203,7 +203,7 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
 
     # Only an item's K best candidates can enter its pool: every unfinished hypothesis of an
     # item has the same length, so candidates rank by logprob alone. These K are always among
-    # the per-beam top 2K of the specification, so the result is the same.
+    # each beam's top 2K tokens (the textbook candidate set), so the result is the same.
     cand_logprob, cand_row, cand_token = top_candidates(x, x_max, offset, item, K, B,
                                                         banned)                  # [B, k]
     k = cand_row.shape[1]
@@ -250,7 +250,7 @@ def batched_beam_search(model, prompts: Sequence[Sequence[int]], *, beam_width: 
                         max_new_tokens: int, alpha: float = 0.0, eos_token_id: int | None = None,
                         no_repeat_ngram_size: int = 0, use_cache: bool = True
                         ) -> list[list[Hypothesis]]:
-    """Beam search over a batch of prompts with the pool semantics of SPEC section 3.
+    """Beam search over a batch of prompts with the pool semantics (see the module docstring).
 
     Args:
         model: any object with ``forward(token_ids (N, T)) -> logits (N, V)``; models with

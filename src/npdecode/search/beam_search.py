@@ -1,6 +1,6 @@
 """``beam_search``: one entry point, two beam policies.
 
-- ``policy="pool"`` (the default) is npdecode's own semantics (SPEC section 3,
+- ``policy="pool"`` (the default) is npdecode's own semantics (see the README,
   :func:`npdecode.search.beam.batched_beam_search`): per item one pool of K hypotheses,
   finished and unfinished together, ranked by length-penalized score.
 - ``policy="hf"`` reproduces the beam search of HuggingFace transformers 5.x
@@ -75,7 +75,7 @@ def beam_search(model, prompts: Sequence[Sequence[int]], *, num_beams: int,
         early_stopping: ``"hf"`` policy only: True, False or "never" (see the module doc).
         num_return_sequences: hypotheses returned per item, best first (at most num_beams).
         no_repeat_ngram_size: n > 0 bans any token that would repeat an n-gram of the history.
-        policy: ``"pool"`` (SPEC section 3) or ``"hf"`` (transformers' beam search).
+        policy: ``"pool"`` (:func:`batched_beam_search`) or ``"hf"`` (transformers' beam search).
         pad_token_id: ``"hf"`` policy only: the id transformers would see in the left padding
             of a ragged batch. Its n-gram ban looks at the padded rows, so padding takes part
             in the banned n-grams exactly as in ``generate``. Default: ``eos_token_id``

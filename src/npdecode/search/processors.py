@@ -5,7 +5,7 @@ never modified. A token that is filtered out gets logit -inf, so it has probabil
 after softmax. A row always keeps at least one token with a finite logit (its best one), so a
 processed row is never entirely -inf unless it came in that way.
 
-The order in which :func:`npdecode.search.sampling.sample` composes them (SPEC section 5):
+The order in which :func:`npdecode.search.sampling.sample` composes them:
 penalties and n-gram bans on the raw logits, then temperature, then top-k, top-p, min-p.
 Ties are broken towards the lowest token id everywhere (stable sorts), so the result never
 depends on anything but the row itself.

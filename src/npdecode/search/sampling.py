@@ -203,7 +203,7 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
            seed: int | Sequence[int] | None = None) -> list[Generation]:
     """Sampled decoding with the usual processors, batched over prompts.
 
-    Order (SPEC section 5): penalties and n-gram bans on the raw logits, then temperature,
+    Order: penalties and n-gram bans on the raw logits, then temperature,
     top-k, top-p, min-p.
 
     - ``frequency_penalty``: logits -= penalty * count of the token so far (prompt included);

@@ -104,8 +104,13 @@ def speculative_sample(target, draft, prompts: Sequence[Sequence[int]], *,
     model is asked for a position past prompt + ``max_new_tokens``. Each row returns at most
     ``max_new_tokens`` tokens (tokens emitted past that, or past EOS, in a round are dropped;
     a prefix of a correctly distributed sequence is correctly distributed). A row stops at its
-    EOS, which is included; finished rows leave both caches and are no longer computed. ``seed``: None, an int, or one int per prompt (each prompt owns a
-    generator). ``logprob`` is the target's raw (unprocessed) float64 log-probability.
+    EOS, which is included; finished rows leave both caches and are no longer computed.
+
+    ``seed``: None, an int, or one int per prompt (each prompt owns a generator). The same
+    prompts with the same seeds give the same tokens; unlike :func:`sample`, a prompt's tokens
+    can change with the rest of the batch, because a round's draft count is shared by the
+    running rows (the output distribution is exact either way). ``logprob`` is the target's
+    raw (unprocessed) float64 log-probability.
     """
     for who, m in (("target", target), ("draft", draft)):
         if not is_cached(m):
