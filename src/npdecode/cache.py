@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from npdecode.attention.dense import dense_attention
 from npdecode.attention.flash import FLASH_TILE, flash_attention_fwd
-from npdecode.numerics import MASK
 
 
 class KVCache:
@@ -105,15 +105,10 @@ class KVCache:
                                        key_start=self.start[:n] - k_lo, scale=scale)  # [n,H,t,Dh]
         keys = self.k[layer, :n, :, lo:hi]          # [n, H, W, Dh]
         vals = self.v[layer, :n, :, lo:hi]          # [n, H, W, Dh]
-        scores = (q @ keys.transpose(0, 1, 3, 2)) * scale      # [n, H, t, W]
         slot = np.arange(lo, hi)                                 # [W]
         qslot = self.end[:n, None] + np.arange(t)                # [n, t]
         visible = (slot >= self.start[:n, None, None]) & (slot <= qslot[:, :, None])  # [n, t, W]
-        scores = np.where(visible[:, None], scores, MASK)
-        scores -= scores.max(axis=-1, keepdims=True)
-        weights = np.exp(scores)
-        weights /= weights.sum(axis=-1, keepdims=True)
-        return weights @ vals                                    # [n, H, t, Dh]
+        return dense_attention(q, keys, vals, visible[:, None], scale)  # [n, H, t, Dh]
 
     def advance(self, t: int) -> None:
         """Mark the ``t`` slots written by every layer as filled."""

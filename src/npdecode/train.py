@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from npdecode.models.chargpt import EPS, CharGPT, CharGPTConfig, init_params, param_shapes
+from npdecode.models.chargpt import EPS, CharGPT, CharGPTConfig, init_params
 from npdecode.models.chars import EOS, VOCAB_SIZE, encode
 from npdecode.numerics import MASK
 

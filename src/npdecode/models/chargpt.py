@@ -18,9 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
+from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
 from npdecode.models.protocol import left_pad
-from npdecode.numerics import MASK
 
 EPS = 1e-5  # RMSNorm: keeps 1/rms finite for an all-zero vector
 
@@ -150,17 +150,13 @@ class CharGPT:
         N, T = ids.shape
         H, Dh = cfg.n_heads, cfg.head_dim
         x = p["wte"][ids] + p["wpe"][:T]                               # [N, T, d]
-        future = np.triu(np.ones((T, T), dtype=bool), k=1)             # [T, T]
+        visible = causal_mask(T)                                       # [T, T]
         for i in range(cfg.n_layers):
             h = rmsnorm(x, p[f"h{i}.attn_norm"])                       # [N, T, d]
             qkv = linear(h, p[f"h{i}.Wqkv"]).reshape(N, T, 3, H, Dh)   # [N, T, 3, H, Dh]
             q, k, v = qkv.transpose(2, 0, 3, 1, 4)                     # [N, H, T, Dh] each
-            scores = q @ k.transpose(0, 1, 3, 2) * self._scale         # [N, H, T, T]
-            scores = np.where(future, MASK, scores)
-            scores -= scores.max(axis=-1, keepdims=True)
-            attn = np.exp(scores)
-            attn /= attn.sum(axis=-1, keepdims=True)
-            a = (attn @ v).transpose(0, 2, 1, 3).reshape(N, T, -1)     # [N, T, d]
+            a = dense_attention(q, k, v, visible, self._scale)         # [N, H, T, Dh]
+            a = a.transpose(0, 2, 1, 3).reshape(N, T, -1)              # [N, T, d]
             x = x + linear(a, p[f"h{i}.Wo"])
             x = x + self._mlp(x, i)
         return self._head(x)                                           # [N, T, V]

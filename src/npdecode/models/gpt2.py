@@ -22,9 +22,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
 from npdecode.models.protocol import left_pad
-from npdecode.numerics import MASK
 
 
 @dataclass(frozen=True)
@@ -229,15 +229,11 @@ class GPT2:
         ids = np.asarray(token_ids)
         n, t = ids.shape
         x = self._embed(ids, np.broadcast_to(np.arange(t), (n, t)))    # [N, T, d]
-        future = np.triu(np.ones((t, t), dtype=bool), k=1)              # [T, T]
+        visible = causal_mask(t)                                        # [T, T]
         for i, blk in enumerate(self.blocks):
             q, k, v = self._qkv(blk, x)                                 # [N, H, T, Dh]
-            scores = q @ k.transpose(0, 1, 3, 2) * self._attn_scale(i)  # [N, H, T, T]
-            scores = np.where(future, MASK, scores)
-            scores -= scores.max(axis=-1, keepdims=True)
-            w = np.exp(scores)
-            w /= w.sum(axis=-1, keepdims=True)
-            x = self._finish_block(blk, x, w @ v)                       # [N, T, d]
+            a = dense_attention(q, k, v, visible, self._attn_scale(i))  # [N, H, T, Dh]
+            x = self._finish_block(blk, x, a)                           # [N, T, d]
         return self._head(x[:, -1])                                     # [N, V]
 
     # -- the cached protocol --------------------------------------------------------------

@@ -11,9 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
+from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
 from npdecode.models.protocol import left_pad
-from npdecode.numerics import MASK
 
 
 class TinyLM:
@@ -58,14 +58,8 @@ class TinyLM:
         ids = np.asarray(token_ids)
         x = self.embed[ids]                                   # [N, T, d]
         q, k, v = x @ self.Wq, x @ self.Wk, x @ self.Wv       # [N, T, d] each
-        scores = q @ k.transpose(0, 2, 1) * self._scale       # [N, T, T]
-        t = ids.shape[1]
-        future = np.triu(np.ones((t, t), dtype=bool), k=1)
-        scores = np.where(future, MASK, scores)
-        scores -= scores.max(axis=-1, keepdims=True)
-        attn = np.exp(scores)
-        attn /= attn.sum(axis=-1, keepdims=True)
-        x = x + (attn @ v) @ self.Wo                           # [N, T, d]
+        a = dense_attention(q, k, v, causal_mask(ids.shape[1]), self._scale)  # [N, T, d]
+        x = x + a @ self.Wo                                    # [N, T, d]
         x = x + np.maximum(x @ self.W1, 0) @ self.W2           # [N, T, d]
         return x[:, -1] @ self.lm_head                         # [N, V]
 

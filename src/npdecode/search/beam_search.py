@@ -156,7 +156,7 @@ def top_unordered(x: np.ndarray, k: int) -> np.ndarray:
     return np.nonzero(take)[1].reshape(n, k)
 
 
-def top_candidates(total: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+def top_over_beams(total: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``c`` best entries (A, c) of each row of ``total`` (A, M), best first.
 
     Returns (flat indices, values); ties go to the lower index. Rows with fewer than ``c``
@@ -257,7 +257,7 @@ def hf_beam_search(model, prompts: Sequence[Sequence[int]], *, num_beams: int,
         total = (st.run_lp[act][:, :, None] + logp).reshape(len(act), K * V)  # [A, K*V]
 
         # 2K candidates: enough for K running beams even if K of them end with EOS.
-        idx, cand_lp = top_candidates(total, 2 * K)                      # [A, 2K]
+        idx, cand_lp = top_over_beams(total, 2 * K)                      # [A, 2K]
         beam, tok = idx // V, idx % V                                    # [A, 2K]
         ends = (tok == eos) if eos is not None else np.zeros_like(tok, dtype=bool)
         ends |= t + 1 == T                                               # length limit
