@@ -95,3 +95,13 @@ def test_without_rich_the_command_says_how_to_install_it(monkeypatch, capsys):
                         lambda name, *a: None if name == "rich" else real(name, *a))
     assert main(["--help"]) == 2
     assert "pip install 'npdecode[cli]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, flag", [(["demo", "--seed", "-1"], "--seed"),
+                                        (["beam", "--prompt", "1", "--vocab-size", "0"],
+                                         "--vocab-size")])
+def test_a_bad_option_value_is_refused_naming_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert f"argument {flag}: must be at least" in capsys.readouterr().err

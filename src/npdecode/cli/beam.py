@@ -6,7 +6,7 @@ import argparse
 
 import numpy as np
 
-from npdecode.cli.render import console, hypotheses_table
+from npdecode.cli.render import at_least, console, hypotheses_table
 from npdecode.models.tinylm import TinyLM
 from npdecode.search.beam import batched_beam_search
 
@@ -44,9 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="end-of-sequence token id (default: none)")
     p.add_argument("--no-repeat-ngram-size", type=int, default=0, metavar="N",
                    help="never repeat an n-gram of prompt + generation (default 0: off)")
-    p.add_argument("--vocab-size", type=int, default=1000, help="TinyLM vocabulary (default 1000)")
-    p.add_argument("--d-model", type=int, default=64, help="TinyLM width (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="TinyLM weight seed (default 0)")
+    p.add_argument("--vocab-size", type=at_least(1), default=1000,
+                   help="TinyLM vocabulary (default 1000)")
+    p.add_argument("--d-model", type=at_least(1), default=64, help="TinyLM width (default 64)")
+    p.add_argument("--seed", type=at_least(0), default=0, help="TinyLM weight seed (default 0)")
     p.add_argument("--float32", action="store_true", help="run the model in float32")
     p.set_defaults(func=run)
 

@@ -8,7 +8,7 @@ import numpy as np
 from rich.console import Console
 from rich.rule import Rule
 
-from npdecode.cli.render import console, hypotheses_table
+from npdecode.cli.render import at_least, console, hypotheses_table
 from npdecode.models.chars import EOS as NAME_END, decode, encode
 from npdecode.models.pretrained import load_target
 from npdecode.models.scripted import ScriptedLM
@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "place, the length penalty's direction) on TinyLM and on scripted models "
                     "whose right answer is known by hand, explaining each in a few lines, "
                     "then completes name prefixes with the shipped character-level model.")
-    p.add_argument("--seed", type=int, default=0, help="TinyLM weight seed (default 0)")
+    p.add_argument("--seed", type=at_least(0), default=0, help="TinyLM weight seed (default 0)")
     p.set_defaults(func=run)
 
 

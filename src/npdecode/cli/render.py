@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Callable, Sequence
 
 from rich.console import Console
 from rich.table import Table
 
 from npdecode.search.beam import Hypothesis
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (argparse names the flag in its error)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
 
 
 def console() -> Console:
