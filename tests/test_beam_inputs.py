@@ -140,3 +140,16 @@ def test_beam_search_names_length_penalty_in_its_error(policy):
     with pytest.raises(ValueError, match="length_penalty must be a finite number"):
         beam_search(TinyLM(10, 4), [[1]], num_beams=2, max_new_tokens=2,
                     length_penalty=float("nan"), policy=policy)
+
+
+def test_a_huge_beam_width_costs_no_more_than_every_hypothesis():
+    import tracemalloc
+
+    m = TinyLM(vocab_size=3, d_model=4, seed=0)
+    tracemalloc.start()
+    res = batched_beam_search(m, [[1]], beam_width=10**6, max_new_tokens=3)[0]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert len(res) == 27  # no EOS: every full-length sequence, and nothing else, survives
+    assert len({tuple(h.tokens) for h in res}) == 27
+    assert peak < 5 * 2**20  # a beam width of 10**6 would allocate hundreds of MB

@@ -246,6 +246,18 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     return new, row_of_slot[nb, new_parent[nb, nj]], new_token[nb, nj]
 
 
+def count_hypotheses(vocab: int, steps: int, *, cap: int) -> int:
+    """How many distinct token sequences of length 1..steps exist (V + V^2 + ...), or ``cap``
+    if there are at least that many. At least 1 (the empty hypothesis when steps is 0)."""
+    total, layer = 0, 1
+    for _ in range(steps):
+        layer *= vocab
+        total += layer
+        if total >= cap:
+            return cap
+    return max(total, 1)
+
+
 def batched_beam_search(model, prompts: Sequence[Sequence[int]], *, beam_width: int,
                         max_new_tokens: int, alpha: float = 0.0, eos_token_id: int | None = None,
                         no_repeat_ngram_size: int = 0, use_cache: bool = True
@@ -277,6 +289,8 @@ def batched_beam_search(model, prompts: Sequence[Sequence[int]], *, beam_width: 
     if not prompts:
         return []
 
+    if vocab is not None:  # a pool never holds more than every distinct hypothesis
+        K = min(K, count_hypotheses(vocab, T, cap=K))
     state = BeamState.initial(len(prompts), K, T)
     if T == 0:
         return state.results()
