@@ -11,6 +11,7 @@ pytest.importorskip("safetensors")
 
 from npdecode.models.gpt2 import GPT2  # noqa: E402
 from npdecode.models.protocol import is_cached  # noqa: E402
+from random_gpt2 import random_gpt2  # noqa: E402
 
 V, POSITIONS = 97, 40
 
@@ -18,21 +19,8 @@ V, POSITIONS = 97, 40
 def build_checkpoint(path, *, seed=0, tied=True, activation="gelu_new", n_layer=2,
                      scale_by_layer=False):
     """Save a random GPT-2 (weights drawn wider than HF's init, so logits are not flat)."""
-    config = transformers.GPT2Config(
-        vocab_size=V, n_positions=POSITIONS, n_embd=32, n_layer=n_layer, n_head=4,
-        activation_function=activation, tie_word_embeddings=tied,
-        scale_attn_by_inverse_layer_idx=scale_by_layer,
-        bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    torch.manual_seed(seed)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "ln" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.3)
-    model.save_pretrained(path)
-    return model
+    return random_gpt2(path, vocab=V, positions=POSITIONS, seed=seed, n_layer=n_layer,
+                       tied=tied, activation=activation, scale_by_layer=scale_by_layer)
 
 
 def hf_last_logits(model, prompts, dtype):

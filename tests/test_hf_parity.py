@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from npdecode.search.beam_search import beam_search
+from random_gpt2 import random_gpt2
 
 V = 64          # vocabulary of the random GPT-2 models
 POSITIONS = 64
@@ -38,18 +39,8 @@ def build_pair(hf, path, seed, dtype):
     """
     torch, transformers = hf
     from npdecode.models.gpt2 import GPT2
-    config = transformers.GPT2Config(
-        vocab_size=V, n_positions=POSITIONS, n_embd=32, n_layer=2, n_head=4,
-        tie_word_embeddings=False, bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    torch.manual_seed(seed)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "ln" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.3)
-    model.save_pretrained(path)
+    model = random_gpt2(path, vocab=V, positions=POSITIONS, seed=seed, tied=False,
+                        special_id=None)
     ours = GPT2.from_pretrained(path, dtype=np.float64 if dtype == "float64" else np.float32)
     model = model.double() if dtype == "float64" else model.float()
     contexts = np.random.default_rng(seed).integers(0, V, (256, 6))

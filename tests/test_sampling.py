@@ -13,6 +13,7 @@ import pytest
 from npdecode import TinyLM
 from npdecode.search import processors as P
 from npdecode.search.sampling import Generation, greedy, sample
+from recording import Recording
 
 LOGITS = np.array([2.0, 1.6, 1.1, 0.9, 0.3, -0.2, -1.0, -2.5])  # fixed next-token logits
 N_DRAWS = 10_000
@@ -300,34 +301,13 @@ def test_an_int_seed_is_every_prompts_seed():
 
 # -- EOS, budgets, finished rows --------------------------------------------------------------
 
-class CountingRows:
-    """Records the number of rows of every extend call of a cached model."""
-
-    def __init__(self, model):
-        self.model, self.rows = model, []
-        self.vocab_size, self.max_context = model.vocab_size, model.max_context
-
-    def forward(self, ids):
-        return self.model.forward(ids)
-
-    def new_cache(self, rows, slots):
-        return self.model.new_cache(rows, slots)
-
-    def prefill(self, prompts, cache):
-        return self.model.prefill(prompts, cache)
-
-    def extend(self, tokens, cache):
-        self.rows.append(len(tokens))
-        return self.model.extend(tokens, cache)
-
-
 def test_finished_rows_stop_being_computed():
     eos = oracle_greedy(MODEL, PROMPTS[0], 1)[0][0]   # prompt 0 ends at its first token
-    wrapped = CountingRows(MODEL)
+    wrapped = Recording(MODEL)
     gens = greedy(wrapped, PROMPTS, max_new_tokens=6, eos_token_id=eos)
     assert gens[0].tokens == [eos] and gens[0].finished
-    assert wrapped.rows[0] == sum(eos not in g.tokens[:1] for g in gens) < len(PROMPTS)
-    assert len(wrapped.rows) == 5   # 6 tokens: prefill + 5 extends
+    assert wrapped.extend_rows[0] == sum(eos not in g.tokens[:1] for g in gens) < len(PROMPTS)
+    assert len(wrapped.extend_rows) == 5   # 6 tokens: prefill + 5 extends
 
 
 def test_budget_and_eos_semantics_when_sampling():

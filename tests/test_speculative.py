@@ -24,6 +24,7 @@ import pytest
 from npdecode import TinyLM
 from npdecode.search.sampling import greedy
 from npdecode.search.speculative import speculative_sample
+from recording import Recording
 
 V = 6
 TARGET = TinyLM(vocab_size=V, d_model=16, seed=11)
@@ -206,28 +207,6 @@ def test_temperature_zero_equals_target_greedy(k, eos, noise):
 
 # -- one target call per round -------------------------------------------------------------
 
-class Counting:
-    """Wraps a cached model and records its calls: ("prefill", rows, 0) / ("extend", n, t)."""
-
-    def __init__(self, model):
-        self.model, self.log = model, []
-        self.vocab_size, self.max_context = model.vocab_size, model.max_context
-
-    def forward(self, ids):
-        return self.model.forward(ids)
-
-    def new_cache(self, rows, slots):
-        return self.model.new_cache(rows, slots)
-
-    def prefill(self, prompts, cache):
-        self.log.append(("prefill", len(prompts), 0))
-        return self.model.prefill(prompts, cache)
-
-    def extend(self, tokens, cache):
-        self.log.append(("extend", *np.shape(tokens)))
-        return self.model.extend(tokens, cache)
-
-
 def oracle_rounds(target, draft, prompt, k, n_new):
     """Rounds of greedy speculative decoding of one prompt, simulated with plain forwards."""
     seq, made, rounds = list(prompt), 0, 0
@@ -245,7 +224,7 @@ def oracle_rounds(target, draft, prompt, k, n_new):
 
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_the_target_is_called_once_per_round(k):
-    target, draft = Counting(BIG_T), Counting(close_draft(0.03))
+    target, draft = Recording(BIG_T), Recording(close_draft(0.03))
     res = speculative_sample(target, draft, [[1, 2, 3]], num_draft_tokens=k, max_new_tokens=30,
                              temperature=0.0)
     rounds = oracle_rounds(BIG_T, draft.model, [1, 2, 3], k, 30)
@@ -260,7 +239,7 @@ def test_the_target_is_called_once_per_round(k):
 def test_a_draft_equal_to_the_target_is_always_accepted():
     """p = q: every draft accepted, each round yields k + 1 tokens; ceil(n / (k+1)) rounds."""
     k, n_new = 4, 23
-    target = Counting(BIG_T)
+    target = Recording(BIG_T)
     res = speculative_sample(target, BIG_T, [[1, 2], [7, 3, 9]], num_draft_tokens=k,
                              max_new_tokens=n_new, temperature=1.0, seed=[3, 4])
     assert res.accepted == res.proposed
@@ -355,7 +334,7 @@ def test_bad_prompts_and_empty_batch():
 
 
 def test_nan_from_the_target_names_the_batch_item():
-    class NaNAfterPrefill(Counting):
+    class NaNAfterPrefill(Recording):
         def extend(self, tokens, cache):
             out = self.model.extend(tokens, cache).copy()
             out[1] = np.nan
@@ -365,7 +344,7 @@ def test_nan_from_the_target_names_the_batch_item():
         speculative_sample(NaNAfterPrefill(BIG_T), BIG_T, [[1], [2]], max_new_tokens=3)
 
 
-class ContextLimited(Counting):
+class ContextLimited(Recording):
     """A model with a context limit that fails loudly if any position reaches it."""
 
     def __init__(self, model, limit):

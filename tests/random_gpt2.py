@@ -1,0 +1,31 @@
+"""Random-weight GPT-2 checkpoints built locally with transformers (no download)."""
+
+from __future__ import annotations
+
+
+def random_gpt2(path, *, vocab: int, positions: int, seed: int = 0, n_layer: int = 2,
+                tied: bool = True, activation: str = "gelu_new", scale_by_layer: bool = False,
+                special_id: int | None = 0):
+    """Save a random GPT-2 to ``path`` (HF layout, safetensors) and return the torch model.
+
+    Weights are drawn wider than transformers' init so that next-token distributions are
+    peaked rather than flat; ``special_id`` is the config's bos/eos/pad id (or None).
+    """
+    import torch
+    import transformers
+
+    config = transformers.GPT2Config(
+        vocab_size=vocab, n_positions=positions, n_embd=32, n_layer=n_layer, n_head=4,
+        activation_function=activation, tie_word_embeddings=tied,
+        scale_attn_by_inverse_layer_idx=scale_by_layer,
+        bos_token_id=special_id, eos_token_id=special_id, pad_token_id=special_id)
+    torch.manual_seed(seed)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "ln" in name and name.endswith("weight"):
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.3)
+    model.save_pretrained(path)
+    return model

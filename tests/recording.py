@@ -1,0 +1,32 @@
+"""A cached model wrapper that records every call, for tests that count model work."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Recording:
+    """Wraps a cached model; ``log`` gets ("prefill", rows, 0) or ("extend", rows, t) per call."""
+
+    def __init__(self, model):
+        self.model, self.log = model, []
+        self.vocab_size, self.max_context = model.vocab_size, model.max_context
+
+    def forward(self, ids):
+        return self.model.forward(ids)
+
+    def new_cache(self, rows, slots):
+        return self.model.new_cache(rows, slots)
+
+    def prefill(self, prompts, cache):
+        self.log.append(("prefill", len(prompts), 0))
+        return self.model.prefill(prompts, cache)
+
+    def extend(self, tokens, cache):
+        self.log.append(("extend", *np.shape(tokens)))
+        return self.model.extend(tokens, cache)
+
+    @property
+    def extend_rows(self) -> list[int]:
+        """Rows of each extend call, in order."""
+        return [n for kind, n, _ in self.log if kind == "extend"]
