@@ -382,3 +382,20 @@ def test_temperature_zero_equals_greedy_on_a_model_with_positions():
         for p, g in zip(prompts, res.generations):
             assert g.tokens == oracle_greedy(target, p, n_new, eos)
         assert 0 < res.accepted < res.proposed
+
+
+
+@pytest.mark.parametrize("temperature, top_k", [(1.0, 0), (0.7, 3)])
+def test_a_prompt_with_its_seed_gives_the_same_tokens_alone_or_in_a_batch(temperature, top_k):
+    kw = dict(num_draft_tokens=3, max_new_tokens=9, eos_token_id=0, temperature=temperature,
+              top_k=top_k)
+    prompt, others = [1, 2, 3], [[4], [5, 5, 5, 5, 5], [2, 3]]
+    differs = 0
+    for s in range(25):
+        alone = speculative_sample(TARGET, DRAFT, [prompt], seed=[s], **kw).generations[0]
+        batch = speculative_sample(TARGET, DRAFT, [others[0], prompt] + others[1:],
+                                   seed=[100 + s, s, 200 + s, 300 + s], **kw).generations
+        assert batch[1].tokens == alone.tokens, s
+        assert abs(batch[1].logprob - alone.logprob) < 1e-9
+        differs += batch[0].tokens != alone.tokens
+    assert differs > 0  # the other prompts really were decoded differently

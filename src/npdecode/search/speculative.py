@@ -99,18 +99,20 @@ def speculative_sample(target, draft, prompts: Sequence[Sequence[int]], *,
     draft's q; the output is distributed exactly as sampling from p. Temperature 0 gives the
     target's greedy decoding.
 
-    ``prompts``: B lists of ids, lengths may differ. A round proposes
-    min(num_draft_tokens, smallest remaining budget of the running rows) drafts per row, so no
-    model is asked for a position past prompt + ``max_new_tokens``. Each row returns at most
+    ``prompts``: B lists of ids, lengths may differ. In a round each row proposes
+    min(num_draft_tokens, its remaining budget) drafts (all rows share one target call of the
+    largest count; a row's extra positions are computed and discarded, never proposed); where
+    a model has a context limit, a round proposes no more than every row has room for. Each
+    row returns at most
     ``max_new_tokens`` tokens (tokens emitted past that, or past EOS, in a round are dropped;
     a prefix of a correctly distributed sequence is correctly distributed). A row stops at its
     EOS, which is included; finished rows leave both caches and are no longer computed.
 
-    ``seed``: None, an int, or one int per prompt (each prompt owns a generator). The same
-    prompts with the same seeds give the same tokens; unlike :func:`sample`, a prompt's tokens
-    can change with the rest of the batch, because a round's draft count is shared by the
-    running rows (the output distribution is exact either way). ``logprob`` is the target's
-    raw (unprocessed) float64 log-probability.
+    ``seed``: None, an int, or one int per prompt (each prompt owns a generator and draws a
+    fixed number of uniforms per round), so a prompt sampled with its seed gives the same
+    tokens alone or in any batch - except near a model's context limit, where the room of the
+    fullest row caps every row's drafts. ``logprob`` is the target's raw (unprocessed) float64
+    log-probability.
     """
     for who, m in (("target", target), ("draft", draft)):
         if not is_cached(m):
@@ -137,9 +139,10 @@ def speculative_sample(target, draft, prompts: Sequence[Sequence[int]], *,
         return P.distribution(logits, temperature=opts.temperature, top_k=opts.top_k,
                               top_p=opts.top_p)
 
-    # Positions written never pass prompt + max_new_tokens (k is capped by every row's
-    # remaining budget below), so this many slots suffice and a model's context is respected.
-    slots = max(len(p) for p in clean) + n_new + 1
+    # A row's drafts past its own budget (never proposed, only computed alongside the other
+    # rows) reach at most k_max - 1 positions past prompt + max_new_tokens, so this many slots
+    # suffice; where a model has a context limit, the round is capped so none passes it.
+    slots = max(len(p) for p in clean) + n_new + k_max
     tcache, dcache = target.new_cache(B, slots), draft.new_cache(B, slots)
     items = np.arange(B)
     for who, model, cache in (("target", target, tcache), ("draft", draft, dcache)):
@@ -160,12 +163,22 @@ def speculative_sample(target, draft, prompts: Sequence[Sequence[int]], *,
     finished = np.zeros(B, dtype=bool)               # [B]
     pending = np.ones(B, dtype=np.int64)             # [n] committed tokens not in draft cache
     proposed = accepted = 0
+    limit = min((m.max_context for m in (target, draft) if m.max_context is not None),
+                default=None)
     while len(items):
         n = len(items)
         remaining = np.array([n_new - len(out[b]) for b in items])            # [n] >= 1
-        k = int(min(k_max, remaining.min()))
-        draws = [g.random(2 * k + 1) for g in (rngs[b] for b in items)]
-        u = np.array(draws)                                                   # [n, 2k+1]
+        # Each row proposes up to its own budget; the round runs the largest count, and a
+        # row's drafts past its own count are never proposed (so a row's tokens do not
+        # depend on the other rows). Only a model's context limit caps the round for all.
+        k_row = np.minimum(k_max, remaining)                                  # [n]
+        if limit is not None:
+            room = limit - np.array([len(seqs[b]) for b in items])            # [n] >= 1
+            k_row = np.minimum(k_row, room.min())
+        k = int(k_row.max())
+        # A fixed number of uniforms per row and round: draft i uses u[:, i], its acceptance
+        # u[:, k_max + i], the round's last token u[:, 2 k_max].
+        u = np.array([rngs[b].random(2 * k_max + 1) for b in items])         # [n, 2k_max+1]
 
         # 1. Draft: k tokens per row, each from q_i (k calls, the first over the pending tokens).
         m = int(pending.max())
@@ -193,14 +206,16 @@ def speculative_sample(target, draft, prompts: Sequence[Sequence[int]], *,
         rows = np.arange(n)
         pd = np.take_along_axis(p[:, :k], drafts[:, :, None], axis=2)[..., 0]  # [n, k]
         qd = np.take_along_axis(q, drafts[:, :, None], axis=2)[..., 0]         # [n, k]
-        ok = u[:, k:2 * k] * qd < pd                                          # [n, k]
+        proposed_here = np.arange(k) < k_row[:, None]                        # [n, k]
+        ok = (u[:, k_max:k_max + k] * qd < pd) & proposed_here                 # [n, k]
         j = np.where(ok.all(axis=1), k, np.argmin(ok, axis=1))                # [n] accepted
-        # 4. The round's last token: the residual at the first rejection, else the bonus.
+        # 4. The round's last token: the residual at the first rejection, else (all of the
+        # row's own drafts accepted: j == k_row) the bonus token from p.
         q_pad = np.concatenate([q, np.zeros((n, 1, vocab))], axis=1)         # [n, k+1, V]
-        final_dist = np.where((j < k)[:, None], _residual(p[rows, j], q_pad[rows, j]),
+        final_dist = np.where((j < k_row)[:, None], _residual(p[rows, j], q_pad[rows, j]),
                               p[rows, j])                                     # [n, V]
-        final = P.sample_categorical(final_dist, u[:, 2 * k])                 # [n]
-        proposed += n * k
+        final = P.sample_categorical(final_dist, u[:, 2 * k_max])             # [n]
+        proposed += int(k_row.sum())
         accepted += int(j.sum())
 
         # 5. Commit, cut at EOS and at max_new_tokens, score under the raw target.
