@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from npdecode.search.beam import log_normalizer, top_candidates
+from npdecode.search.candidates import log_normalizer, top_candidates
 
 
 def brute_force(x, offset, item, k, batch):
