@@ -153,3 +153,21 @@ def test_a_huge_beam_width_costs_no_more_than_every_hypothesis():
     assert len(res) == 27  # no EOS: every full-length sequence, and nothing else, survives
     assert len({tuple(h.tokens) for h in res}) == 27
     assert peak < 5 * 2**20  # a beam width of 10**6 would allocate hundreds of MB
+
+
+@pytest.mark.parametrize("fault, match", [("ints", "dtype int64; expected floats"),
+                                          ("width", r"shape \(1, 3\) for 1 sequences of "
+                                                    r"length 3; expected \(1, 5\)")])
+def test_a_forward_only_model_is_checked_group_by_group(fault, match):
+    class Uneven:  # fine for length-2 rows; faulty for the length-3 row (the second group)
+        vocab_size = 5
+
+        def forward(self, ids):
+            ids = np.asarray(ids)
+            if ids.shape[1] == 3:
+                return (np.zeros((len(ids), 5), dtype=np.int64) if fault == "ints"
+                        else np.zeros((len(ids), 3)))
+            return np.tile(np.linspace(0, 1, 5), (len(ids), 1))
+
+    with pytest.raises(ValueError, match=match):
+        batched_beam_search(Uneven(), [[1, 2], [1, 2, 3]], beam_width=1, max_new_tokens=2)

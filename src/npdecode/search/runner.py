@@ -74,16 +74,21 @@ class RecomputeRunner:
         for i, s in enumerate(self.seqs):
             by_length.setdefault(len(s), []).append(i)
         out = None
-        for idx in by_length.values():
+        for length, idx in by_length.items():
             logits = np.asarray(self.model.forward(np.stack([self.seqs[i] for i in idx])))
             self.calls += 1
             self.rows += len(idx)
-            if logits.ndim != 2 or logits.shape[0] != len(idx):
-                return logits  # wrong shape: the strategy's check reports it with context
+            width = out.shape[1] if out is not None else "V"
+            if (logits.ndim != 2 or logits.shape[0] != len(idx)
+                    or (out is not None and logits.shape[1] != out.shape[1])):
+                raise ValueError(f"model.forward returned logits of shape {logits.shape} for "
+                                 f"{len(idx)} sequences of length {length}; expected "
+                                 f"({len(idx)}, {width})")
+            if not np.issubdtype(logits.dtype, np.floating):
+                raise ValueError(f"model.forward returned logits of dtype {logits.dtype}; "
+                                 f"expected floats")
             if out is None:
                 out = np.empty((len(self.seqs), logits.shape[1]), dtype=logits.dtype)
-            elif logits.shape[1] != out.shape[1]:
-                return logits
             out[idx] = logits
         return out
 
