@@ -146,30 +146,34 @@ def _decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos: int | 
         return [Generation() for _ in prompts]
     runner = make_runner(model, prompts, rows=B, new_tokens=max_new_tokens)
     items = np.arange(B)                          # [n] batch item of each live row
-    out: list[list[int]] = [[] for _ in range(B)]
+    tokens = np.zeros((B, max_new_tokens), dtype=np.int64)   # [B, T] generated tokens
+    length = np.zeros(B, dtype=np.int64)          # [B] tokens generated so far
     logprob = np.zeros(B)                         # [B] float64
     finished = np.zeros(B, dtype=bool)            # [B]
-    need_counts = bool(opts.frequency_penalty or opts.presence_penalty)
-    need_seqs = opts.no_repeat_ngram_size > 0
+    counts = None                                 # [B, V] token counts, prompt included
     logits = runner.start()
     for step in range(max_new_tokens):
         check_logits(logits, len(items), vocab, items)
         if vocab is None:  # the model declares no vocab_size: its first logits tell it
             vocab = logits.shape[1]
             check_ids(prompts, eos, vocab)
+        if counts is None and (opts.frequency_penalty or opts.presence_penalty):
+            counts = np.stack([np.bincount(p, minlength=vocab) for p in prompts])
         raw = np.asarray(logits, dtype=np.float64)                      # [n, V]
-        counts = seqs = None
-        if need_counts or need_seqs:
-            seqs = [np.array(prompts[b] + out[b], dtype=np.int64) for b in items]
-        if need_counts:
-            counts = np.stack([np.bincount(s, minlength=vocab) for s in seqs])  # [n, V]
+        seqs = None
+        if opts.no_repeat_ngram_size:
+            seqs = [np.concatenate([prompts[b], tokens[b, :length[b]]]) for b in items]
         row_rngs = [rngs[b] for b in items] if opts.temperature > 0 else []
-        tok = choose_tokens(raw, opts, counts=counts, seqs=seqs, rngs=row_rngs)
+        tok = choose_tokens(raw, opts, counts=None if counts is None else counts[items],
+                            seqs=seqs, rngs=row_rngs)                   # [n]
         ok = tok >= 0                                                   # [n] rows with a token
         lp = log_softmax(raw)[np.arange(len(items)), np.maximum(tok, 0)]  # [n]
-        for r in np.flatnonzero(ok):
-            out[items[r]].append(int(tok[r]))
-        logprob[items[ok]] += lp[ok]
+        b_ok = items[ok]                                                # [m] distinct items
+        tokens[b_ok, length[b_ok]] = tok[ok]
+        length[b_ok] += 1
+        if counts is not None:
+            counts[b_ok, tok[ok]] += 1
+        logprob[b_ok] += lp[ok]
         done = ~ok | (tok == eos) if eos is not None else ~ok           # [n]
         finished[items[ok & done]] = True
         keep = np.flatnonzero(~done)                                    # [m] rows that go on
@@ -177,8 +181,8 @@ def _decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos: int | 
             break
         items = items[keep]
         logits = runner.advance(keep, tok[keep])
-    return [Generation(tokens=out[b], logprob=float(logprob[b]), finished=bool(finished[b]))
-            for b in range(B)]
+    return [Generation(tokens=tokens[b, :length[b]].tolist(), logprob=float(logprob[b]),
+                       finished=bool(finished[b])) for b in range(B)]
 
 
 def greedy(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
