@@ -10,8 +10,10 @@ parent, and the search's own bookkeeping (log-softmax, candidate selection, pool
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,19 +86,46 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs per measurement (median)")
     parser.add_argument("--reference-runs", type=int, default=3,
                         help="runs of the slow reference (median)")
+    parser.add_argument("--model", choices=["tinylm", "gpt2"], default="tinylm",
+                        help="TinyLM(vocab, d_model), or the random GPT-2 of bench_peers.py "
+                             "(vocab, n_embd d_model, 2 layers, 2 heads; needs the parity "
+                             "extra to build it)")
     parser.add_argument("--vocab", type=int, default=1000)
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--skip-reference", action="store_true")
     args = parser.parse_args()
 
-    print(f"TinyLM(vocab_size={args.vocab}, d_model={args.d_model}); alpha=0.6, eos=0; "
-          f"prompts of 4-16 tokens; median of {args.runs} runs "
-          f"({args.reference_runs} for the reference)\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        models = build_models(args, Path(tmp))
+        print(f"{models['name']}; alpha=0.6, eos=0; prompts of 4-16 tokens; median of "
+              f"{args.runs} runs ({args.reference_runs} for the reference)\n")
+        run_table(args, models)
+
+
+def build_models(args, tmp: Path) -> dict:
+    """The benchmark model in float64 and float32, and its description."""
+    if args.model == "tinylm":
+        return {"name": f"TinyLM(vocab_size={args.vocab}, d_model={args.d_model})",
+                np.float64: TinyLM(args.vocab, args.d_model, seed=0),
+                np.float32: TinyLM(args.vocab, args.d_model, seed=0, dtype=np.float32)}
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from bench_peers import build_checkpoint  # the same random GPT-2 as the peers benchmark
+
+    from npdecode.models.gpt2 import GPT2
+    build_checkpoint(tmp, vocab=args.vocab, n_embd=args.d_model, n_layer=2, n_head=2,
+                     n_positions=512, seed=0, eos_scale=0.05)
+    return {"name": f"random GPT-2 (vocab {args.vocab}, n_embd {args.d_model}, 2 layers, "
+                    f"2 heads)",
+            np.float64: GPT2.from_pretrained(tmp, dtype=np.float64),
+            np.float32: GPT2.from_pretrained(tmp, dtype=np.float32)}
+
+
+def run_table(args, models: dict) -> None:
     print("| dtype | (B, K, T) | npdecode tok/s | reference tok/s | speed-up | model forward | "
           "cache reorder | search bookkeeping |")
     print("|---|---|---|---|---|---|---|---|")
     for dtype in (np.float64, np.float32):
-        model = TinyLM(args.vocab, args.d_model, seed=0, dtype=dtype)
+        model = models[dtype]
         for B, K, T in CONFIGS:
             prompts = prompts_for(B, args.vocab)
             kw = dict(beam_width=K, max_new_tokens=T, alpha=0.6, eos_token_id=0)
