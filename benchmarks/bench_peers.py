@@ -34,11 +34,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from random_gpt2 import random_gpt2  # noqa: E402  (the tests' random GPT-2, shared)
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = [(1, 1, 32), (8, 4, 32), (32, 8, 64), (8, 4, 256)]
@@ -62,23 +66,12 @@ def build_checkpoint(path: Path, *, vocab: int, n_embd: int, n_layer: int, n_hea
     near 0 while the best tokens' logits are several units up, so EOS is almost never chosen.
     Returns the transformers model (float32, eval mode).
     """
-    import torch
     import transformers
     from tokenizers import Tokenizer, models
 
-    config = transformers.GPT2Config(
-        vocab_size=vocab, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
-        n_head=n_head, bos_token_id=EOS, eos_token_id=EOS, pad_token_id=EOS)
-    torch.manual_seed(seed)
-    model = transformers.GPT2LMHeadModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "ln" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.3)
-        model.transformer.wte.weight[EOS] *= eos_scale
-    model.save_pretrained(path)
+    model = random_gpt2(path, vocab=vocab, positions=n_positions, seed=seed, n_embd=n_embd,
+                        n_layer=n_layer, n_head=n_head, special_id=EOS,
+                        special_scale=eos_scale)
     # CTranslate2's converter reads the vocabulary from a tokenizer: one word per id.
     words = {token_name(i): i for i in range(vocab)}
     tok = Tokenizer(models.WordLevel(words, unk_token=token_name(EOS)))
