@@ -155,9 +155,10 @@ def test_a_huge_beam_width_costs_no_more_than_every_hypothesis():
     assert peak < 5 * 2**20  # a beam width of 10**6 would allocate hundreds of MB
 
 
-@pytest.mark.parametrize("fault, match", [("ints", "dtype int64; expected floats"),
+@pytest.mark.parametrize("fault, match", [("ints", r"dtype int64 for batch items \[1\]"),
                                           ("width", r"shape \(1, 3\) for 1 sequences of "
-                                                    r"length 3; expected \(1, 5\)")])
+                                                    r"length 3 \(batch items \[1\]\); "
+                                                    r"expected \(1, 5\)")])
 def test_a_forward_only_model_is_checked_group_by_group(fault, match):
     class Uneven:  # fine for length-2 rows; faulty for the length-3 row (the second group)
         vocab_size = 5
@@ -171,3 +172,19 @@ def test_a_forward_only_model_is_checked_group_by_group(fault, match):
 
     with pytest.raises(ValueError, match=match):
         batched_beam_search(Uneven(), [[1, 2], [1, 2, 3]], beam_width=1, max_new_tokens=2)
+
+
+
+def test_forward_only_logits_of_mixed_float_dtypes_are_not_narrowed():
+    class Mixed:  # float32 for the short row, float64 for the long one
+        vocab_size = 4
+
+        def forward(self, ids):
+            ids = np.asarray(ids)
+            row = np.array([0.0, 1e-9, 0.5, 0.25])
+            out = np.tile(row, (len(ids), 1))
+            return out.astype(np.float32) if ids.shape[1] == 1 else out
+
+    from npdecode.search.runner import RecomputeRunner
+    logits = RecomputeRunner(Mixed(), [[1], [1, 2]]).start()
+    assert logits.dtype == np.float64 and logits[1, 1] == 1e-9

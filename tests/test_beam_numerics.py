@@ -115,3 +115,16 @@ def test_ties_in_one_item_do_not_depend_on_an_impossible_hypothesis_in_another()
     alone = batched_beam_search(TwoItems(), [[1]], **kw)[0]
     batch = batched_beam_search(TwoItems(), [[1], [2, 2]], **kw)[0]
     assert [h.tokens for h in alone] == [h.tokens for h in batch]
+
+
+
+def test_a_pool_whose_every_token_is_banned_ends_empty_without_warnings():
+    import warnings
+
+    m = TinyLM(vocab_size=3, d_model=8, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = batched_beam_search(m, [[0, 1, 2], [0]], beam_width=2, max_new_tokens=2,
+                                  no_repeat_ngram_size=1)
+    assert res[0] == []                      # the prompt already holds every token
+    assert sorted(h.tokens for h in res[1]) == [[1, 2], [2, 1]]

@@ -99,7 +99,9 @@ def test_without_rich_the_command_says_how_to_install_it(monkeypatch, capsys):
 
 @pytest.mark.parametrize("argv, flag", [(["demo", "--seed", "-1"], "--seed"),
                                         (["beam", "--prompt", "1", "--vocab-size", "0"],
-                                         "--vocab-size")])
+                                         "--vocab-size"),
+                                        (["train", "--seed", "-1"], "--seed"),
+                                        (["train", "--split-seed", "-2"], "--split-seed")])
 def test_a_bad_option_value_is_refused_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)

@@ -399,3 +399,25 @@ def test_a_prompt_with_its_seed_gives_the_same_tokens_alone_or_in_a_batch(temper
         assert abs(batch[1].logprob - alone.logprob) < 1e-9
         differs += batch[0].tokens != alone.tokens
     assert differs > 0  # the other prompts really were decoded differently
+
+
+def test_a_cached_model_without_a_max_context_attribute_is_accepted():
+    class Plain:  # the cached protocol, and no max_context attribute at all
+        def __init__(self, model):
+            self.model, self.vocab_size = model, model.vocab_size
+
+        def forward(self, ids):
+            return self.model.forward(ids)
+
+        def new_cache(self, rows, slots):
+            return self.model.new_cache(rows, slots)
+
+        def prefill(self, prompts, cache):
+            return self.model.prefill(prompts, cache)
+
+        def extend(self, tokens, cache):
+            return self.model.extend(tokens, cache)
+
+    res = speculative_sample(Plain(TARGET), Plain(DRAFT), [[1, 2]], max_new_tokens=4,
+                             temperature=0.0)
+    assert res.generations[0].tokens == greedy(TARGET, [[1, 2]], max_new_tokens=4)[0].tokens

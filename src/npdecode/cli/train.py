@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from npdecode.cli.render import at_least
 from npdecode.models.chargpt import CharGPTConfig
 from npdecode.train import RECIPES, TrainResult, bigram_loss, load_names, split_names, train
 
@@ -55,9 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="peak learning rate (linear warm-up, then linear decay to 5%%)")
     p.add_argument("--weight-decay", type=float, metavar="W",
                    help="AdamW weight decay of matrices and embeddings (0: plain Adam)")
-    p.add_argument("--seed", type=int, default=0, metavar="N",
+    p.add_argument("--seed", type=at_least(0), default=0, metavar="N",
                    help="seed of the initial weights and of the minibatch draws; default: 0")
-    p.add_argument("--split-seed", type=int, default=0, metavar="N",
+    p.add_argument("--split-seed", type=at_least(0), default=0, metavar="N",
                    help="seed of the 90/10 train/validation split; default: 0")
     p.add_argument("--d-model", type=int, metavar="N", help="width of the residual stream")
     p.add_argument("--layers", type=int, metavar="N", help="number of transformer blocks")

@@ -32,11 +32,12 @@ def kth_largest(x: np.ndarray, k: int) -> np.ndarray:
     return np.partition(x, x.shape[1] - k, axis=1)[:, x.shape[1] - k]
 
 
-def candidate_bounds(value_max: np.ndarray, x: np.ndarray, item: np.ndarray, k: int,
-                     batch: int) -> np.ndarray:
+def candidate_bounds(value_max: np.ndarray, offset: np.ndarray, x: np.ndarray,
+                     item: np.ndarray, k: int, batch: int) -> np.ndarray:
     """A per-row threshold on candidate logprobs that each item's top-k candidates all pass.
 
-    ``value_max[r]`` is row r's best candidate; rows are grouped by item, in item order. An
+    ``value_max[r]`` is row r's best candidate and ``offset[r]`` the logprob its candidates
+    add to their logit; rows are grouped by item, in item order. An
     item never has more than k rows (its pool holds k). With exactly k rows, their k best
     candidates are k distinct candidates, so the worst of them bounds the item's k-th best
     from below. With fewer rows, each row's own k-th best candidate bounds it the same way.
@@ -53,7 +54,7 @@ def candidate_bounds(value_max: np.ndarray, x: np.ndarray, item: np.ndarray, k: 
     few = rows_of[item] < k
     if few.any():
         k_row = min(k, x.shape[1])  # a row cannot offer more candidates than the vocabulary
-        bound[few] = kth_largest(x[few], k_row) + (value_max[few] - x[few].max(axis=1))
+        bound[few] = kth_largest(x[few], k_row) + offset[few]
     return bound
 
 
@@ -70,7 +71,7 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
     """
     n, V = x.shape
     value_max = offset + x_max                                            # [n]
-    bound = candidate_bounds(value_max, x, item, k, batch)                # [n]
+    bound = candidate_bounds(value_max, offset, x, item, k, batch)                # [n]
     # A margin so that rounding in (bound - offset) can never exclude an entry equal to it;
     # the threshold is then rounded down into x's dtype so the comparison runs natively. Both
     # can only admit extra candidates, which the exact ranking below sorts out.

@@ -59,6 +59,7 @@ class RecomputeRunner:
                  new_tokens: int = 0):
         self.model = model
         self.seqs = [np.asarray(p, dtype=np.int64) for p in prompts]
+        self.items = np.arange(len(prompts))  # batch item of each row, for error messages
         self.calls = 0
         self.rows = 0
 
@@ -67,28 +68,32 @@ class RecomputeRunner:
 
     def advance(self, parents: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         self.seqs = [np.append(self.seqs[p], t) for p, t in zip(parents.tolist(), tokens.tolist())]
+        self.items = self.items[parents]
         return self._run()
 
     def _run(self) -> np.ndarray:
         by_length: dict[int, list[int]] = {}
         for i, s in enumerate(self.seqs):
             by_length.setdefault(len(s), []).append(i)
-        out = None
+        groups = []
         for length, idx in by_length.items():
             logits = np.asarray(self.model.forward(np.stack([self.seqs[i] for i in idx])))
             self.calls += 1
             self.rows += len(idx)
-            width = out.shape[1] if out is not None else "V"
+            items = sorted(set(self.items[idx].tolist()))
+            width = groups[0][1].shape[1] if groups else "V"
             if (logits.ndim != 2 or logits.shape[0] != len(idx)
-                    or (out is not None and logits.shape[1] != out.shape[1])):
+                    or (groups and logits.shape[1] != width)):
                 raise ValueError(f"model.forward returned logits of shape {logits.shape} for "
-                                 f"{len(idx)} sequences of length {length}; expected "
-                                 f"({len(idx)}, {width})")
+                                 f"{len(idx)} sequences of length {length} (batch items "
+                                 f"{items}); expected ({len(idx)}, {width})")
             if not np.issubdtype(logits.dtype, np.floating):
-                raise ValueError(f"model.forward returned logits of dtype {logits.dtype}; "
-                                 f"expected floats")
-            if out is None:
-                out = np.empty((len(self.seqs), logits.shape[1]), dtype=logits.dtype)
+                raise ValueError(f"model.forward returned logits of dtype {logits.dtype} for "
+                                 f"batch items {items}; expected floats")
+            groups.append((idx, logits))
+        dtype = np.result_type(*(logits.dtype for _, logits in groups))
+        out = np.empty((len(self.seqs), groups[0][1].shape[1]), dtype=dtype)   # [n, V]
+        for idx, logits in groups:
             out[idx] = logits
         return out
 

@@ -163,7 +163,8 @@ def speculative_sample(target, draft, prompts: Sequence[Sequence[int]], *,
     finished = np.zeros(B, dtype=bool)               # [B]
     pending = np.ones(B, dtype=np.int64)             # [n] committed tokens not in draft cache
     proposed = accepted = 0
-    limit = min((m.max_context for m in (target, draft) if m.max_context is not None),
+    limits = (getattr(m, "max_context", None) for m in (target, draft))
+    limit = min((c for c in limits if c is not None),
                 default=None)
     while len(items):
         n = len(items)
