@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from random_gpt2 import random_gpt2  # noqa: E402  (the tests' random GPT-2, shared)
+from random_gpt2 import left_padded, random_gpt2  # noqa: E402  (shared with the tests)
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = [(1, 1, 32), (8, 4, 32), (32, 8, 64), (8, 4, 256)]
@@ -92,18 +92,6 @@ def prompts_for(batch: int, vocab: int, seed: int = 0) -> list[list[int]]:
     """``batch`` prompts of 4-16 tokens drawn from 1..V-1 (never the EOS)."""
     rng = np.random.default_rng(seed)
     return [rng.integers(1, vocab, size=rng.integers(4, 17)).tolist() for _ in range(batch)]
-
-
-def left_padded(prompts: list[list[int]], pad: int):
-    """(ids, attention mask) as torch tensors (B, W), prompts right-aligned."""
-    import torch
-    W = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), W), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), W), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, W - len(p):] = torch.tensor(p)
-        mask[i, W - len(p):] = 1
-    return ids, mask
 
 
 def generated_length(tokens, eos: int | None) -> int:

@@ -1,4 +1,5 @@
-"""Random-weight GPT-2 checkpoints built locally with transformers (no download)."""
+"""Random-weight GPT-2 checkpoints built locally with transformers (no download), and the
+left-padded batches transformers decodes them from."""
 
 from __future__ import annotations
 
@@ -34,3 +35,16 @@ def random_gpt2(path, *, vocab: int, positions: int, seed: int = 0, n_embd: int 
             model.transformer.wte.weight[special_id] *= special_scale
     model.save_pretrained(path)
     return model
+
+
+def left_padded(prompts: list[list[int]], pad: int):
+    """(ids, attention mask) as torch tensors (B, W), the prompts right-aligned."""
+    import torch
+
+    W = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), W), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), W), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, W - len(p):] = torch.tensor(p)
+        mask[i, W - len(p):] = 1
+    return ids, mask

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from npdecode.search.beam_search import beam_search
-from random_gpt2 import random_gpt2
+from random_gpt2 import left_padded, random_gpt2
 
 V = 64          # vocabulary of the random GPT-2 models
 POSITIONS = 64
@@ -53,12 +53,8 @@ def build_pair(hf, path, seed, dtype):
 def hf_generate(hf, model, prompts, *, pad, eos, K, max_new, lp, es, n_ret, ngram):
     """transformers beam search on the left-padded batch -> per item [(tokens, score), ...]."""
     torch, transformers = hf
-    W = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), W), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), W), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, W - len(p):] = torch.tensor(p)
-        mask[i, W - len(p):] = 1
+    ids, mask = left_padded(prompts, pad)
+    W = ids.shape[1]                                  # prompt width: generation starts here
     # Every option that could add a logits processor or stopping rule is set explicitly.
     config = transformers.GenerationConfig(
         num_beams=K, do_sample=False, max_new_tokens=max_new, min_length=0, min_new_tokens=None,

@@ -13,22 +13,12 @@ import pytest
 from npdecode import TinyLM
 from npdecode.search import processors as P
 from npdecode.search.sampling import Generation, greedy, sample
-from recording import Recording
+from toy_models import FixedLogits, Recording
 
 LOGITS = np.array([2.0, 1.6, 1.1, 0.9, 0.3, -0.2, -1.0, -2.5])  # fixed next-token logits
 N_DRAWS = 10_000
 TOL = 0.01   # the required tolerance; the largest binomial std here is sqrt(.25 / 1e4) = 0.005
 
-
-class FixedLogits:
-    """A model whose next-token logits never change (cached protocol not implemented)."""
-
-    def __init__(self, logits):
-        self.logits = np.asarray(logits, dtype=np.float64)
-        self.vocab_size = len(self.logits)
-
-    def forward(self, ids):
-        return np.tile(self.logits, (len(ids), 1))
 
 
 class ForwardOnly:

@@ -24,7 +24,7 @@ import pytest
 from npdecode import TinyLM
 from npdecode.search.sampling import greedy
 from npdecode.search.speculative import speculative_sample
-from recording import Recording
+from toy_models import Recording
 
 V = 6
 TARGET = TinyLM(vocab_size=V, d_model=16, seed=11)

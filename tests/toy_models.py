@@ -1,4 +1,5 @@
-"""A cached model wrapper that records every call, for tests that count model work."""
+"""Small test models: a wrapper that records every call of a cached model, and a model whose
+logits never change."""
 
 from __future__ import annotations
 
@@ -30,3 +31,14 @@ class Recording:
     def extend_rows(self) -> list[int]:
         """Rows of each extend call, in order."""
         return [n for kind, n, _ in self.log if kind == "extend"]
+
+
+class FixedLogits:
+    """A model whose next-token logits are the same row whatever the input (forward only)."""
+
+    def __init__(self, row):
+        self.row = np.asarray(row, dtype=np.float64)
+        self.vocab_size = len(self.row)
+
+    def forward(self, token_ids):
+        return np.tile(self.row, (len(token_ids), 1))
