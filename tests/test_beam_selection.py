@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from npdecode.search import candidates
 from npdecode.search.candidates import log_normalizer, top_candidates
 
 
@@ -17,10 +18,15 @@ def brute_force(x, offset, item, k, batch):
     return out
 
 
+@pytest.mark.parametrize("cut", [False, True])  # survivors first cut to each item's k best
+@pytest.mark.parametrize("permuted", [False, True])  # logits rows in another order than sequences
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("spread", [0.5, 50.0])   # 50: beams far apart, the loose-bound path
 @pytest.mark.parametrize("seed", range(6))
-def test_top_candidates_equal_a_full_sort_including_ties(dtype, spread, seed):
+def test_top_candidates_equal_a_full_sort_including_ties(dtype, spread, seed, permuted, cut,
+                                                         monkeypatch):
+    if cut:
+        monkeypatch.setattr(candidates, "_FEW_SURVIVORS", 0)
     rng = np.random.default_rng(seed)
     batch, k, V = 5, 3, 40   # V > 4k, so a loose bound really takes the fallback
     rows_of = rng.integers(0, k + 1, size=batch)           # items with 0..k live rows
@@ -30,16 +36,22 @@ def test_top_candidates_equal_a_full_sort_including_ties(dtype, spread, seed):
     x[rng.random((n, V)) < 0.1] = -np.inf                   # and some masked tokens
     x[:, 0] = np.maximum(x[:, 0], 0)                        # every row keeps a real token
     offset = np.round(rng.normal(0, spread, size=n))        # integer offsets keep ties exact
-    value, row, token = top_candidates(x, x.max(axis=1).astype(np.float64), offset, item,
-                                       k, batch)
+    rows, logits = None, x
+    if permuted:  # sequence i's logits are row rows[i]
+        rows = rng.permutation(n)
+        logits = np.empty_like(x)
+        logits[rows] = x
+    value, row, token = top_candidates(logits, x.max(axis=1).astype(np.float64), offset, item,
+                                       k, batch, rows=rows)
     for b, want in enumerate(brute_force(x, offset, item, k, batch)):
         got = [(value[b, j], row[b, j], token[b, j]) for j in range(k) if row[b, j] >= 0]
         assert got == want
 
 
-def test_float32_normalizer_is_accurate_to_float32_rounding():
+@pytest.mark.parametrize("shift", [0.0, -45.0, 45.0, -700.0, 700.0])  # both summation paths
+def test_float32_normalizer_is_accurate_to_float32_rounding(shift):
     rng = np.random.default_rng(0)
-    logits = (rng.standard_normal((64, 1000)) * 4).astype(np.float32)
+    logits = (rng.standard_normal((64, 1000)) * 4 + shift).astype(np.float32)
     x = logits.astype(np.float64)
     exact = np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)
     got = log_normalizer(logits, logits.max(1).astype(np.float64))

@@ -26,12 +26,29 @@ class KVCache:
 
     def __init__(self, *, layers: int, rows: int, heads: int, slots: int, head_dim: int,
                  dtype=np.float64):
-        shape = (layers, rows, heads, slots, head_dim)
-        self.k = np.zeros(shape, dtype=dtype)  # [L, R, H, S, Dh]
-        self.v = np.zeros(shape, dtype=dtype)  # [L, R, H, S, Dh]
+        # Keys and values share one buffer, so that copying a row moves both in one call.
+        self.kv = np.zeros((2, layers, rows, heads, slots, head_dim), dtype=dtype)
+        self.k = self.kv[0]  # [L, R, H, S, Dh]
+        self.v = self.kv[1]  # [L, R, H, S, Dh]
         self.start = np.zeros(rows, dtype=np.int64)  # [R] first real slot of each row
         self.end = np.zeros(rows, dtype=np.int64)    # [R] one past the last filled slot
         self.n = 0                                   # rows in use: 0 .. n-1
+        self._changed()
+
+    def _changed(self) -> None:
+        """Forget what was derived from ``start``/``end``/``n``; call after changing them."""
+        self._lo = None       # min(start[:n]), the first slot any row reads
+        self._common = None   # the slot every row's next token goes to, if they all agree
+        self._visible = None  # (key, mask) of the last ``attend``, shared by all layers
+
+    def _bounds(self) -> tuple[int, int | None]:
+        """(first slot any row reads, the common end of all rows or None if they differ)."""
+        if self._lo is None:
+            n = self.n
+            self._lo = int(self.start[:n].min()) if n else 0
+            e = int(self.end[0]) if n else 0
+            self._common = e if n and (self.end[:n] == e).all() else None
+        return self._lo, self._common
 
     @property
     def capacity(self) -> tuple[int, int]:
@@ -51,6 +68,7 @@ class KVCache:
         self.n = n
         self.start[:n] = width - lengths
         self.end[:n] = 0
+        self._changed()
 
     def positions(self, t: int) -> np.ndarray:
         """Position ids (n, t) of the next ``t`` tokens of each row (0 = the row's first token)."""
@@ -59,16 +77,16 @@ class KVCache:
     def write(self, layer: int, k: np.ndarray, v: np.ndarray) -> None:
         """Store ``k``, ``v`` of shape (n, H, t, Dh) at each row's next ``t`` slots."""
         n, _, t, _ = k.shape
-        end = self.end[:n]
         if n == 0:
             return
-        e = int(end[0])
-        if (end == e).all():  # the common case: every row is at the same slot
+        _, e = self._bounds()
+        if e is not None:  # the common case: every row is at the same slot
             if e + t > self.k.shape[3]:
                 raise ValueError(f"KV cache full: {self.k.shape[3]} slots, need {e + t}")
             self.k[layer, :n, :, e:e + t] = k
             self.v[layer, :n, :, e:e + t] = v
             return
+        end = self.end[:n]
         if int(end.max()) + t > self.k.shape[3]:
             raise ValueError(f"KV cache full: {self.k.shape[3]} slots, need {int(end.max()) + t}")
         rows = np.arange(n)[:, None]                # [n, 1]
@@ -90,14 +108,13 @@ class KVCache:
         average from the dense path and zeros from the flash path: finite either way, unused.
         """
         n, _, t, _ = q.shape
-        lo = int(self.start[:n].min())
-        hi = int(self.end[:n].max()) + t
+        lo, e = self._bounds()
+        hi = int(self.end[:n].max()) + t if e is None else e + t
         # Flash attention aligns the queries to the end of the keys, so every row must be at
         # the same slot e: always true for a prefill (e = 0), not after a ragged truncate. Its
         # keys start at or before e even when every row is padded there (start > e), so that
         # all t queries have a key position; keys before start[r] are masked by key_start.
-        e = hi - t
-        if t > FLASH_TILE and q.dtype == self.k.dtype and (self.end[:n] == e).all():
+        if t > FLASH_TILE and q.dtype == self.k.dtype and e is not None:
             k_lo = min(lo, e)
             keys = self.k[layer, :n, :, k_lo:hi]    # [n, H, t + e - k_lo, Dh]
             vals = self.v[layer, :n, :, k_lo:hi]    # [n, H, t + e - k_lo, Dh]
@@ -105,14 +122,30 @@ class KVCache:
                                        key_start=self.start[:n] - k_lo, scale=scale)  # [n,H,t,Dh]
         keys = self.k[layer, :n, :, lo:hi]          # [n, H, W, Dh]
         vals = self.v[layer, :n, :, lo:hi]          # [n, H, W, Dh]
-        slot = np.arange(lo, hi)                                 # [W]
-        qslot = self.end[:n, None] + np.arange(t)                # [n, t]
-        visible = (slot >= self.start[:n, None, None]) & (slot <= qslot[:, :, None])  # [n, t, W]
-        return dense_attention(q, keys, vals, visible[:, None], scale)  # [n, H, t, Dh]
+        return dense_attention(q, keys, vals, self._visible_mask(n, t, lo, hi), scale)
+
+    def _visible_mask(self, n: int, t: int, lo: int, hi: int) -> np.ndarray:
+        """(n, 1, t, W) bool over slots lo..hi-1: which slots each of the ``t`` new queries
+        of each row sees. Built once per call shape and reused by every layer."""
+        key = (n, t, lo, hi)
+        if self._visible is None or self._visible[0] != key:
+            slot = np.arange(lo, hi)                                        # [W]
+            if self._common is not None and t == 1:  # one query per row, at the last slot
+                visible = slot >= self.start[:n, None]                      # [n, W]
+            else:
+                qslot = self.end[:n, None] + np.arange(t)                   # [n, t]
+                visible = ((slot >= self.start[:n, None, None])
+                           & (slot <= qslot[:, :, None]))                   # [n, t, W]
+            self._visible = (key, visible.reshape(n, 1, t, hi - lo))
+        return self._visible[1]
 
     def advance(self, t: int) -> None:
         """Mark the ``t`` slots written by every layer as filled."""
         self.end[: self.n] += t
+        lo, e = self._lo, self._common
+        self._changed()
+        if lo is not None:  # every row moved by t: the first slot read stays, a common end moves
+            self._lo, self._common = lo, None if e is None else e + t
 
     def reorder(self, parents: np.ndarray) -> None:
         """Make row i a copy of old row ``parents[i]`` (rows may repeat, vanish, or grow).
@@ -128,11 +161,11 @@ class KVCache:
             return
         lo = int(self.start[: self.n].min()) if self.n else 0
         hi = int(self.end[: self.n].max()) if self.n else 0
-        self.k[:, :m, :, lo:hi] = self.k[:, parents, :, lo:hi]
-        self.v[:, :m, :, lo:hi] = self.v[:, parents, :, lo:hi]
+        self.kv[:, :, :m, :, lo:hi] = self.kv[:, :, parents, :, lo:hi]
         self.start[:m] = self.start[parents]
         self.end[:m] = self.end[parents]
         self.n = m
+        self._changed()
 
     def fork(self, perm: np.ndarray, parents: np.ndarray) -> np.ndarray:
         """Like ``reorder``, but copying only what must be copied; returns the new layout.
@@ -159,20 +192,20 @@ class KVCache:
         if len(need):
             # Every source is a kept row (never a hole) or a row >= m (never written): the
             # copy cannot overwrite a row before it is read.
-            lo = int(self.start[: self.n].min())
-            hi = int(self.end[: self.n].max())
+            lo, e = self._bounds()
+            hi = int(self.end[: self.n].max()) if e is None else e
             from_rows = src[need]
             if len(need) <= 16:
-                # A few rows: one slice copy each, with no temporary.
+                # A few rows: one slice copy each (keys and values together), no temporary.
                 for h, f in zip(holes.tolist(), from_rows.tolist()):
-                    self.k[:, h, :, lo:hi] = self.k[:, f, :, lo:hi]
-                    self.v[:, h, :, lo:hi] = self.v[:, f, :, lo:hi]
+                    self.kv[:, :, h, :, lo:hi] = self.kv[:, :, f, :, lo:hi]
             else:
-                self.k[:, holes, :, lo:hi] = self.k[:, from_rows, :, lo:hi]
-                self.v[:, holes, :, lo:hi] = self.v[:, from_rows, :, lo:hi]
+                self.kv[:, :, holes, :, lo:hi] = self.kv[:, :, from_rows, :, lo:hi]
             self.start[holes] = self.start[from_rows]
             self.end[holes] = self.end[from_rows]
-        self.n = m
+        if len(need) or m != self.n:
+            self.n = m
+            self._changed()
         return new_perm
 
     def truncate(self, end: np.ndarray) -> None:
@@ -181,3 +214,4 @@ class KVCache:
         if (end > self.end[: self.n]).any() or (end < self.start[: self.n]).any():
             raise ValueError("truncate can only shorten rows, not below their first real slot")
         self.end[: self.n] = end
+        self._changed()

@@ -85,20 +85,25 @@ class BeamState:
 
 def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
               eos_token_id: int | None, banned: np.ndarray | None = None,
-              row_max: np.ndarray | None = None) -> tuple[BeamState, np.ndarray, np.ndarray]:
+              row_max: np.ndarray | None = None, rows: np.ndarray | None = None
+              ) -> tuple[BeamState, np.ndarray, np.ndarray]:
     """One step of the search.
 
-    ``logits`` (n, V) belong to the live slots of ``state`` in (item, slot) order; ``banned``
-    (n, V), if given, marks tokens that may not be chosen (their logprob is not changed);
-    ``row_max`` (n,), if given, is each row's max logit (the validity check computes it).
-    Returns the new state and, for its live slots in (item, slot) order, the row of
-    ``logits`` each continues (parents, (n',)) and the token it appended (n',).
+    The live slots of ``state``, in (item, slot) order, are sequences 0..n-1; sequence i's
+    logits are row ``rows[i]`` of ``logits`` (n, V) (default: row i). ``banned`` (n, V), if
+    given, marks tokens that may not be chosen (their logprob is not changed) and needs
+    ``rows`` None; ``row_max`` (n,), if given, is each row of ``logits``'s max (the validity
+    check computes it). Returns the new state and, for its live slots in (item, slot) order,
+    the sequence each continues (parents, (n',)) and the token it appended (n',).
     """
     B, K = state.valid.shape
     item, slot = np.nonzero(state.live)                                   # [n] each
     x = logits                                                            # [n, V]
-    x_max = (x.max(axis=1) if row_max is None else row_max).astype(np.float64)  # [n]
-    offset = state.logprob[item, slot] - log_normalizer(x, x_max)         # [n]
+    x_max = (x.max(axis=1) if row_max is None else row_max).astype(np.float64)  # [n] by row
+    offset = log_normalizer(x, x_max)                                     # [n] by row
+    if rows is not None:  # into sequence order
+        x_max, offset = x_max[rows], offset[rows]
+    offset = state.logprob[item, slot] - offset                           # [n]
     if banned is not None:  # banned tokens are never chosen; bound the rest
         x = np.where(banned, -np.inf, x)
         x_max = x.max(axis=1).astype(np.float64)
@@ -106,11 +111,11 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     # Only an item's K best candidates can enter its pool: every unfinished hypothesis of an
     # item has the same length, so candidates rank by logprob alone. These K are always among
     # each beam's top 2K tokens (the textbook candidate set), so the result is the same.
-    cand_logprob, cand_row, cand_token = top_candidates(x, x_max, offset, item, K, B,
-                                                        banned)                  # [B, k]
-    k = cand_row.shape[1]
-    cand_ok = cand_row >= 0
-    cand_slot = np.where(cand_ok, slot[cand_row], 0)
+    cand_logprob, cand_seq, cand_token = top_candidates(x, x_max, offset, item, K, B,
+                                                        banned, rows)            # [B, k]
+    k = cand_seq.shape[1]
+    cand_ok = cand_seq >= 0
+    cand_slot = slot[cand_seq]  # where cand_seq is -1 this is junk, never used (not ok)
     cand_score = cand_logprob / float(step + 1) ** alpha
 
     # The pool is formed from the item's finished hypotheses AND the new candidates. Finished
@@ -119,33 +124,38 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     # length-penalized scores would fill the pool and take the result.
     # Columns 0..K-1: the current pool (only its finished entries compete as themselves);
     # columns K..K+k-1: the item's best candidates, already in rank order.
-    score = np.concatenate([state.score, cand_score], axis=1)             # [B, K+k]
-    logprob = np.concatenate([state.logprob, cand_logprob], axis=1)
-    ok = np.concatenate([state.valid & state.finished, cand_ok], axis=1)
-    parent = np.concatenate([np.broadcast_to(np.arange(K), (B, K)), cand_slot], axis=1)
-    token = np.concatenate([np.zeros((B, K), dtype=np.int64), cand_token], axis=1)
-    is_cand = np.arange(K + k) >= K
-
-    # Rank: real entries first, then score (highest first); at equal score the column order
-    # decides (stable sort), which is the tie rule of the module docstring.
-    order = np.lexsort((-score, ~ok), axis=-1)[:, :K]                     # [B, K]
     b = np.arange(B)[:, None]
-    new_parent, new_token, new_is_cand = parent[b, order], token[b, order], is_cand[order]
+    held = state.valid & state.finished                                   # [B, K]
+    if not held.any():  # nothing finished: the candidates, in rank order, are the new pool
+        new_parent, new_token, new_is_cand = cand_slot, cand_token, cand_ok
+        new_valid, logprob, score = cand_ok, cand_logprob, cand_score
+    else:
+        score = np.concatenate([state.score, cand_score], axis=1)         # [B, K+k]
+        ok = np.concatenate([held, cand_ok], axis=1)
+        # Rank: real entries first, then score (highest first); at equal score the column
+        # order decides (stable sort), which is the tie rule of the module docstring.
+        order = np.lexsort((-score, ~ok), axis=-1)[:, :K]                 # [B, K]
+        new_is_cand = order >= K
+        col = np.where(new_is_cand, order - K, 0)                         # candidate column
+        new_parent = np.where(new_is_cand, cand_slot[b, col], order)
+        new_token = np.where(new_is_cand, cand_token[b, col], 0)
+        new_valid = ok[b, order]
+        logprob = np.concatenate([state.logprob, cand_logprob], axis=1)[b, order]
+        score = score[b, order]
     tokens = state.tokens[b, new_parent]                                  # [B, K, T]
+    tokens[:, :, step] = np.where(new_is_cand, new_token, tokens[:, :, step])
     length = state.length[b, new_parent] + new_is_cand
-    cb, cj = np.nonzero(new_is_cand)
-    tokens[cb, cj, step] = new_token[cb, cj]
     finished = ~new_is_cand
     if eos_token_id is not None:
-        finished = finished | (new_token == eos_token_id)
-    new = BeamState(tokens=tokens, length=length, logprob=logprob[b, order],
-                    score=score[b, order], finished=finished, valid=ok[b, order])
+        finished |= new_token == eos_token_id
+    new = BeamState(tokens=tokens, length=length, logprob=logprob, score=score,
+                    finished=finished, valid=new_valid)
 
-    # Rows for the next model call: each new live slot continues its parent's row.
-    row_of_slot = np.full((B, K), -1, dtype=np.int64)
-    row_of_slot[item, slot] = np.arange(len(item))
-    nb, nj = np.nonzero(new.live)
-    return new, row_of_slot[nb, new_parent[nb, nj]], new_token[nb, nj]
+    # Sequences of the next model call: each new live slot continues its parent's sequence.
+    seq_of_slot = np.zeros((B, K), dtype=np.int64)
+    seq_of_slot[item, slot] = np.arange(len(item))
+    live = new.live
+    return new, seq_of_slot[b, new_parent][live], new_token[live]
 
 
 def count_hypotheses(vocab: int, steps: int, *, cap: int) -> int:
@@ -204,17 +214,21 @@ def batched_beam_search(model, prompts: Sequence[Sequence[int]], *, beam_width: 
         check_logits(logits, len(prompts), vocab, np.arange(len(prompts)))
         check_ids(prompts, eos, vocab)
 
+    rows = None  # sequence i's logits are row rows[i] (None: row i)
     for step in range(T):
         item, slot = np.nonzero(state.live)
-        row_max = check_logits(logits, len(item), vocab, item)
+        row_max = check_logits(logits, len(item), vocab, item, rows)
         banned = None
         if ngram:
+            if rows is not None:  # the ban mask is built in sequence order
+                logits, row_max, rows = logits[rows], row_max[rows], None
             seqs = [np.concatenate([prompts[b], state.tokens[b, j, :state.length[b, j]]])
                     for b, j in zip(item.tolist(), slot.tolist())]
             banned = ngram_ban_mask(seqs, ngram, logits.shape[1])
         state, parents, tokens = beam_step(state, logits, step=step, alpha=alpha,
-                                           eos_token_id=eos, banned=banned, row_max=row_max)
+                                           eos_token_id=eos, banned=banned, row_max=row_max,
+                                           rows=rows)
         if step + 1 == T or len(tokens) == 0:
             break  # length limit reached, or every pool has stopped expanding
-        logits = runner.advance(parents, tokens)
+        logits, rows = runner.advance_rows(parents, tokens)
     return state.results()

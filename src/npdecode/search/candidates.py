@@ -11,20 +11,28 @@ from __future__ import annotations
 import numpy as np
 
 
+# Row maxima inside which exp(logits) is summed without first subtracting the max: exp cannot
+# overflow, the sum is at least exp(low), and whatever underflows is below 1e-17 of the sum.
+_UNSHIFTED_RANGE = {np.dtype(np.float32): (-40.0, 40.0), np.dtype(np.float64): (-600.0, 600.0)}
+
+
 def log_normalizer(logits: np.ndarray, row_max: np.ndarray) -> np.ndarray:
-    """log(sum(exp(logits))) per row (n,) as float64, shifted by the row max (n,).
+    """log(sum(exp(logits))) per row (n,) as float64, given the row maxima (n,).
 
     Float64 logits are normalized in float64. Float32 logits are exponentiated and summed
     (pairwise) in float32 and the log taken in float64: the error, a few 1e-7, is the size of
     the rounding already in a float32 model's logits, and the passes over (n, V) cost half.
+    When every row max is moderate the max is not subtracted first (one pass fewer; the
+    relative error of each exponential is the same either way).
     """
-    if logits.dtype == np.float32:
-        shifted = logits - row_max.astype(np.float32)[:, None]            # [n, V] float32
-        np.exp(shifted, out=shifted)
-        return row_max + np.log(shifted.sum(axis=1).astype(np.float64))
-    shifted = np.asarray(logits, dtype=np.float64) - row_max[:, None]     # [n, V]
+    if logits.dtype not in _UNSHIFTED_RANGE:
+        logits = np.asarray(logits, dtype=np.float64)
+    low, high = _UNSHIFTED_RANGE[logits.dtype]
+    if len(row_max) and low < row_max.min() and row_max.max() < high:
+        return np.log(np.exp(logits).sum(axis=1).astype(np.float64))
+    shifted = logits - row_max.astype(logits.dtype)[:, None]              # [n, V]
     np.exp(shifted, out=shifted)
-    return row_max + np.log(shifted.sum(axis=1))
+    return row_max + np.log(shifted.sum(axis=1).astype(np.float64))
 
 
 def kth_largest(x: np.ndarray, k: int) -> np.ndarray:
@@ -33,7 +41,8 @@ def kth_largest(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def candidate_bounds(value_max: np.ndarray, offset: np.ndarray, x: np.ndarray,
-                     item: np.ndarray, k: int, batch: int) -> np.ndarray:
+                     item: np.ndarray, k: int, batch: int,
+                     rows: np.ndarray | None = None) -> np.ndarray:
     """A per-row threshold on candidate logprobs that each item's top-k candidates all pass.
 
     ``value_max[r]`` is row r's best candidate and ``offset[r]`` the logprob its candidates
@@ -41,7 +50,8 @@ def candidate_bounds(value_max: np.ndarray, offset: np.ndarray, x: np.ndarray,
     item never has more than k rows (its pool holds k). With exactly k rows, their k best
     candidates are k distinct candidates, so the worst of them bounds the item's k-th best
     from below. With fewer rows, each row's own k-th best candidate bounds it the same way.
-    Returns (n,) thresholds in logprob units.
+    Row r's logits are ``x[rows[r]]`` (default: ``x[r]``). Returns (n,) thresholds in
+    logprob units.
     """
     if len(item) == batch * k:  # every item has k rows (no beam has finished): [B, k] blocks
         return np.repeat(value_max.reshape(batch, k).min(axis=1), k)
@@ -54,24 +64,48 @@ def candidate_bounds(value_max: np.ndarray, offset: np.ndarray, x: np.ndarray,
     few = rows_of[item] < k
     if few.any():
         k_row = min(k, x.shape[1])  # a row cannot offer more candidates than the vocabulary
-        bound[few] = kth_largest(x[few], k_row) + offset[few]
+        few_x = x[few] if rows is None else x[rows[few]]
+        bound[few] = kth_largest(few_x, k_row) + offset[few]
     return bound
 
 
-def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: np.ndarray,
-                   k: int, batch: int, banned: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each item's k best candidates (row, token) by logprob ``offset[row] + x[row, token]``.
+# Beyond this many survivors of the threshold, sorting them all by the four keys of the tie
+# rule costs more than first cutting them down to each item's k best values.
+_FEW_SURVIVORS = 512
 
-    ``x`` (n, V) is in the model's dtype (candidate logprobs are formed in float64);
-    ``x_max`` (n,) is each row's max of x, in float64. ``item`` (n,) is each row's batch item,
-    ascending. ``banned`` (n, V), if given, marks tokens that are never candidates. Ties go
-    to the lower row (the parent's place in the pool), then the higher logit, then the lower
-    token id. Returns (value, row, token), each (B, k); missing entries have row -1.
+
+def kth_value_by_item(value: np.ndarray, item: np.ndarray, k: int, batch: int) -> np.ndarray:
+    """The k-th largest of the values (C,) of each item (``item`` (C,) in 0..batch-1), or
+    -inf for an item with fewer than k. Returns (batch,)."""
+    by_value = np.argsort(-value, kind="stable")                          # [C]
+    # A stable sort of small integers is a radix sort: it groups by item, best value first.
+    small = np.int16 if batch <= np.iinfo(np.int16).max else np.int64
+    grouped = by_value[np.argsort(item[by_value].astype(small), kind="stable")]
+    counts = np.bincount(item, minlength=batch)                           # [B]
+    starts = np.cumsum(counts) - counts
+    out = np.full(batch, -np.inf)
+    full = np.flatnonzero(counts >= k)
+    out[full] = value[grouped[starts[full] + k - 1]]
+    return out
+
+
+def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: np.ndarray,
+                   k: int, batch: int, banned: np.ndarray | None = None,
+                   rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each item's k best candidates (sequence, token) by logprob ``offset[seq] + x[row, token]``.
+
+    Sequences are numbered 0..n-1, grouped by item in item order: ``item`` (n,) is each
+    sequence's batch item, ``offset`` (n,) what its candidates add to their logit, ``x_max``
+    (n,) its largest logit, in float64. ``x`` (n, V) holds the logits in the model's dtype
+    (candidate logprobs are formed in float64); sequence i's are row ``rows[i]`` (default: row
+    i), so logits need not be gathered into sequence order first. ``banned`` (n, V), if given,
+    marks tokens that are never candidates (then ``rows`` must be None). Ties go to the lower
+    sequence (the parent's place in the pool), then the higher logit, then the lower token id.
+    Returns (value, seq, token), each (B, k); missing entries have seq -1.
     """
     n, V = x.shape
     value_max = offset + x_max                                            # [n]
-    bound = candidate_bounds(value_max, offset, x, item, k, batch)                # [n]
+    bound = candidate_bounds(value_max, offset, x, item, k, batch, rows)            # [n]
     # A margin so that rounding in (bound - offset) can never exclude an entry equal to it;
     # the threshold is then rounded down into x's dtype so the comparison runs natively. Both
     # can only admit extra candidates, which the exact ranking below sorts out.
@@ -81,6 +115,10 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
     margin = 1e-9 * (1.0 + np.abs(bound))
     threshold = bound - np.maximum(offset, -1e300) - margin              # [n]
     threshold = np.nextafter(threshold.astype(x.dtype), -np.inf)
+    if rows is not None:  # thresholds and sequence numbers in x's row order
+        threshold[rows] = threshold.copy()
+        seq_of_row = np.empty(n, dtype=np.int64)
+        seq_of_row[rows] = np.arange(n)
     flat = np.flatnonzero(x >= threshold[:, None])         # [C] in (row, token) order
     if len(flat) > 4 * k * n:
         # The bound was loose (beams far apart): no row can place more than its own k best
@@ -90,22 +128,35 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
         flat = np.flatnonzero(x >= threshold[:, None])
     if banned is not None:
         flat = flat[~banned.ravel()[flat]]
-    row, token = np.divmod(flat, V)
-    value = offset[row] + x.ravel()[flat].astype(np.float64)              # [C]
-    it = item[row]  # ascending: rows are grouped by item and flat is in row order
-    # Sort by item, then value (highest first), then the tie rule: row (the parent's place in
-    # the pool), logit (highest first; it matters where a hypothesis's logprob is -inf and
-    # all its candidates tie), token (the stable sort keeps flat order). The items stay in
-    # their groups, so it[order] == it.
-    order = np.lexsort((-x.ravel()[flat], row, -value, it))               # [C]
+    seq, token = np.divmod(flat, V)
+    if rows is not None:
+        seq = seq_of_row[seq]
+    logit = x.ravel()[flat]
+    value = offset[seq] + logit.astype(np.float64)                        # [C]
+    it = item[seq]
+    if len(flat) > _FEW_SURVIVORS:
+        # Many survivors (the beams of an item are far apart): keep those at or above their
+        # item's k-th best value, ties included, before sorting by the whole tie rule below.
+        keep = value >= kth_value_by_item(value, it, k, batch)[it]
+        seq, token, logit, value, it = seq[keep], token[keep], logit[keep], value[keep], it[keep]
+    # Sort by item, then value (highest first), then the tie rule: sequence (the parent's
+    # place in the pool), logit (highest first; it matters where a hypothesis's logprob is
+    # -inf and all its candidates tie), token (the stable sort keeps flat order, in which a
+    # sequence's tokens ascend).
+    order = np.lexsort((-logit, seq, -value, it))                        # [C]
+    it = it[order]                                                        # ascending
     counts = np.bincount(it, minlength=batch)                             # [B]
     rank = np.arange(len(order)) - (np.cumsum(counts) - counts)[it]       # rank within item
     keep = np.flatnonzero(rank < k)
-    sel, b, j = order[keep], it[keep], rank[keep]
+    sel = order[keep]
+    if len(keep) == batch * k:  # every item has k candidates: already (item, rank) ordered
+        return (value[sel].reshape(batch, k), seq[sel].reshape(batch, k),
+                token[sel].reshape(batch, k))
+    b, j = it[keep], rank[keep]
     out_value = np.full((batch, k), -np.inf)
-    out_row = np.full((batch, k), -1, dtype=np.int64)
+    out_seq = np.full((batch, k), -1, dtype=np.int64)
     out_token = np.zeros((batch, k), dtype=np.int64)
     out_value[b, j] = value[sel]
-    out_row[b, j] = row[sel]
+    out_seq[b, j] = seq[sel]
     out_token[b, j] = token[sel]
-    return out_value, out_row, out_token
+    return out_value, out_seq, out_token

@@ -41,6 +41,13 @@ class CachedRunner:
 
     def advance(self, parents: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """New row i = old row ``parents[i]`` + ``tokens[i]``; returns logits (n, V)."""
+        logits, rows = self.advance_rows(parents, tokens)
+        return np.take(logits, rows, axis=0)
+
+    def advance_rows(self, parents: np.ndarray, tokens: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """Like ``advance``, but the logits (n, V) stay in the model's row order: sequence
+        i's are row ``rows[i]``. Saves gathering them when the caller can index instead."""
         # The cache keeps rows where they are and copies only forked ones; sequence i lives
         # in cache row perm[i], so tokens go in, and logits come out, through perm.
         self.perm = self.cache.fork(self.perm, parents)
@@ -48,8 +55,7 @@ class CachedRunner:
         in_cache_order[self.perm] = tokens
         self.calls += 1
         self.rows += len(tokens)
-        logits = self.model.extend(in_cache_order[:, None], self.cache)[:, 0]   # [n, V]
-        return np.take(logits, self.perm, axis=0)
+        return self.model.extend(in_cache_order[:, None], self.cache)[:, 0], self.perm
 
 
 class RecomputeRunner:
@@ -65,6 +71,11 @@ class RecomputeRunner:
 
     def start(self) -> np.ndarray:
         return self._run()
+
+    def advance_rows(self, parents: np.ndarray, tokens: np.ndarray
+                     ) -> tuple[np.ndarray, None]:
+        """``advance``'s logits, already in sequence order (rows None)."""
+        return self.advance(parents, tokens), None
 
     def advance(self, parents: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         self.seqs = [np.append(self.seqs[p], t) for p, t in zip(parents.tolist(), tokens.tolist())]

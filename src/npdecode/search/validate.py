@@ -99,8 +99,9 @@ def check_ids(prompts: list[list[int]], eos: int | None, vocab: int) -> None:
 
 
 def check_logits(logits: np.ndarray, n_rows: int, vocab_size: int | None,
-                 items: np.ndarray) -> np.ndarray:
-    """Validate one step's logits (n_rows, V); ``items[r]`` is row r's batch item.
+                 items: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Validate one step's logits (n_rows, V); ``items[i]`` is sequence i's batch item and
+    ``rows[i]`` its row of ``logits`` (default: row i).
 
     Returns the row maxima (n_rows,), which log-softmax needs anyway: every fault shows in
     them at no extra cost (NaN propagates into a row's max, +inf is the max, and a row that
@@ -119,6 +120,8 @@ def check_logits(logits: np.ndarray, n_rows: int, vocab_size: int | None,
     if bad.any():
         r = int(np.flatnonzero(bad)[0])
         row = logits[r]
+        if rows is not None:
+            items = items[np.argsort(rows)]
         what = ("NaN" if np.isnan(row).any() else "+inf" if np.isposinf(row).any()
                 else "a row that is entirely -inf (no token has any probability)")
         raise ValueError(f"model returned {what} in the logits for batch item {int(items[r])}")
