@@ -93,6 +93,11 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=1000)
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--config", action="append", metavar="B,K,T",
+                        help="run only this configuration (repeatable; default: the standard "
+                             "four)")
+    parser.add_argument("--dtype", choices=["float64", "float32"], action="append",
+                        help="run only this dtype (repeatable; default: both)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,9 +129,18 @@ def run_table(args, models: dict) -> None:
     print("| dtype | (B, K, T) | npdecode tok/s | reference tok/s | speed-up | model forward | "
           "cache reorder | search bookkeeping |")
     print("|---|---|---|---|---|---|---|---|")
-    for dtype in (np.float64, np.float32):
+    configs = CONFIGS
+    if args.config:
+        try:
+            configs = [tuple(int(v) for v in c.split(",")) for c in args.config]
+        except ValueError:
+            sys.exit(f"--config takes B,K,T (three integers), got {args.config}")
+        if any(len(c) != 3 or min(c) < 1 for c in configs):
+            sys.exit(f"--config takes B,K,T (three integers >= 1), got {args.config}")
+    dtypes = [np.dtype(d).type for d in args.dtype] if args.dtype else [np.float64, np.float32]
+    for dtype in dtypes:
         model = models[dtype]
-        for B, K, T in CONFIGS:
+        for B, K, T in configs:
             prompts = prompts_for(B, args.vocab)
             kw = dict(beam_width=K, max_new_tokens=T, alpha=0.6, eos_token_id=0)
             fast = median_time(lambda: batched_beam_search(model, prompts, **kw), args.runs)

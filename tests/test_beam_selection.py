@@ -58,3 +58,26 @@ def test_float32_normalizer_is_accurate_to_float32_rounding(shift):
     assert np.abs(got - exact).max() < 1e-6
     got64 = log_normalizer(x, x.max(1))
     assert np.abs(got64 - exact).max() < 1e-12
+
+
+@pytest.mark.parametrize("permuted", [False, True])
+@pytest.mark.parametrize("seed", range(6))
+def test_many_survivors_without_ties_are_ranked_by_value(seed, permuted, monkeypatch):
+    """Beams far apart leave many survivors; without equal values the ranking skips the full
+    tie-rule sort (and ties, when present, still take it: the test above)."""
+    monkeypatch.setattr(candidates, "_FEW_SURVIVORS", 0)
+    rng = np.random.default_rng(seed)
+    batch, k, V = 4, 3, 50
+    item = np.repeat(np.arange(batch), k)                    # every item has k live rows
+    n = len(item)
+    x = rng.normal(0, 2, size=(n, V))                        # continuous: no equal values
+    offset = rng.normal(0, 5, size=n)
+    rows, logits = None, x
+    if permuted:
+        rows = rng.permutation(n)
+        logits = np.empty_like(x)
+        logits[rows] = x
+    value, row, token = top_candidates(logits, x.max(axis=1), offset, item, k, batch,
+                                       rows=rows)
+    for b, want in enumerate(brute_force(x, offset, item, k, batch)):
+        assert [(value[b, j], row[b, j], token[b, j]) for j in range(k)] == want

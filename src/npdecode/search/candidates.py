@@ -74,19 +74,22 @@ def candidate_bounds(value_max: np.ndarray, offset: np.ndarray, x: np.ndarray,
 _FEW_SURVIVORS = 512
 
 
-def kth_value_by_item(value: np.ndarray, item: np.ndarray, k: int, batch: int) -> np.ndarray:
-    """The k-th largest of the values (C,) of each item (``item`` (C,) in 0..batch-1), or
-    -inf for an item with fewer than k. Returns (batch,)."""
-    by_value = np.argsort(-value, kind="stable")                          # [C]
+def group_by_item(value: np.ndarray, item: np.ndarray, batch: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices of the values (C,) grouped by item (0..batch-1), each item's best value first
+    (equal values in no particular order), with each item's count and first position (B,)."""
+    by_value = np.argsort(-value)                                         # [C] best first
     # A stable sort of small integers is a radix sort: it groups by item, best value first.
-    small = np.int16 if batch <= np.iinfo(np.int16).max else np.int64
-    grouped = by_value[np.argsort(item[by_value].astype(small), kind="stable")]
+    by_item = by_value[np.argsort(item[by_value].astype(_item_dtype(batch)), kind="stable")]
     counts = np.bincount(item, minlength=batch)                           # [B]
-    starts = np.cumsum(counts) - counts
-    out = np.full(batch, -np.inf)
-    full = np.flatnonzero(counts >= k)
-    out[full] = value[grouped[starts[full] + k - 1]]
-    return out
+    return by_item, counts, np.cumsum(counts) - counts
+
+
+def _item_dtype(batch: int) -> type:
+    return np.int16 if batch <= _INT16_MAX else np.int64
+
+
+_INT16_MAX = int(np.iinfo(np.int16).max)
 
 
 def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: np.ndarray,
@@ -128,17 +131,31 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
         flat = np.flatnonzero(x >= threshold[:, None])
     if banned is not None:
         flat = flat[~banned.ravel()[flat]]
-    seq, token = np.divmod(flat, V)
+    seq = flat // V
     if rows is not None:
         seq = seq_of_row[seq]
-    logit = x.ravel()[flat]
-    value = offset[seq] + logit.astype(np.float64)                        # [C]
+    value = offset[seq] + x.ravel()[flat].astype(np.float64)              # [C]
     it = item[seq]
     if len(flat) > _FEW_SURVIVORS:
-        # Many survivors (the beams of an item are far apart): keep those at or above their
-        # item's k-th best value, ties included, before sorting by the whole tie rule below.
-        keep = value >= kth_value_by_item(value, it, k, batch)[it]
-        seq, token, logit, value, it = seq[keep], token[keep], logit[keep], value[keep], it[keep]
+        # Many survivors (the beams of an item are far apart): group them by item, best value
+        # first, without the tie rule. Where no two of an item's k+1 best values are equal,
+        # its k best are already ranked; otherwise keep the values at or above the k-th,
+        # ties included, for the exact sort below.
+        by_item, counts, starts = group_by_item(value, it, batch)
+        if counts.min() >= k:
+            best = by_item[starts[:, None] + np.arange(k)]                  # [B, k]
+            best_value = value[best]
+            after = value[by_item[np.minimum(starts + k, len(flat) - 1)]]   # the (k+1)-th
+            if not ((best_value[:, 1:] == best_value[:, :-1]).any()
+                    or ((after == best_value[:, -1]) & (counts > k)).any()):
+                return best_value, seq[best], flat[best] % V
+        kth = np.full(batch, -np.inf)
+        full = np.flatnonzero(counts >= k)
+        kth[full] = value[by_item[starts[full] + k - 1]]
+        keep = np.flatnonzero(value >= kth[it])
+        flat, seq, value, it = flat[keep], seq[keep], value[keep], it[keep]
+    token = flat % V
+    logit = x.ravel()[flat]
     # Sort by item, then value (highest first), then the tie rule: sequence (the parent's
     # place in the pool), logit (highest first; it matters where a hypothesis's logprob is
     # -inf and all its candidates tie), token (the stable sort keeps flat order, in which a

@@ -113,7 +113,7 @@ def check_logits(logits: np.ndarray, n_rows: int, vocab_size: int | None,
         want = f"({n_rows}, {vocab_size if vocab_size is not None else 'V'})"
         raise ValueError(f"model returned logits of shape {shape}; expected {want} "
                          f"(one row per sequence, batch items {sorted(set(items.tolist()))})")
-    if not np.issubdtype(logits.dtype, np.floating):
+    if logits.dtype.kind != "f":
         raise ValueError(f"model returned logits of dtype {logits.dtype}; expected floats")
     m = logits.max(axis=1)
     bad = ~np.isfinite(m)
