@@ -113,13 +113,18 @@ def test_fork_copies_only_forked_rows_and_agrees_with_forward(rows):
     seqs, perm = [list(p) for p in prompts], np.arange(3)
     for _ in range(6):
         parents = np.sort(rng.integers(0, len(seqs), size=rng.integers(rows // 2, rows + 1)))
-        before = cache.k.copy()
+        before_k, before_v = cache.k.copy(), cache.v.copy()
+        filled = slice(int(cache.start[:cache.n].min()), int(cache.end[:cache.n].max()))
         new_perm = cache.fork(perm, parents)
         assert sorted(new_perm.tolist()) == list(range(len(parents)))
-        # a sequence whose parent's row was kept in place was not copied
         for i, p in enumerate(parents):
-            if new_perm[i] == perm[p]:
-                assert np.array_equal(cache.k[:, new_perm[i]], before[:, perm[p]])
+            # every sequence's row now holds its parent's keys and values (copies start where
+            # the rows first differ, so this checks they missed nothing)
+            row, old = new_perm[i], perm[p]
+            assert np.array_equal(cache.k[:, row, :, filled], before_k[:, old, :, filled])
+            assert np.array_equal(cache.v[:, row, :, filled], before_v[:, old, :, filled])
+            if row == old:  # a sequence whose parent's row was kept in place was not copied
+                assert np.array_equal(cache.k[:, row], before_k[:, old])
         perm = new_perm
         tokens = rng.integers(0, 40, size=len(parents))
         seqs = [seqs[p] + [int(t)] for p, t in zip(parents, tokens)]

@@ -21,6 +21,9 @@ from npdecode.attention.dense import dense_attention
 from npdecode.attention.flash import FLASH_TILE, flash_attention_fwd
 
 
+_COPY_BLOCK = 16  # rows per block copy in ``fork``
+
+
 class KVCache:
     """Keys and values of ``rows`` sequences, up to ``slots`` positions each."""
 
@@ -33,6 +36,11 @@ class KVCache:
         self.start = np.zeros(rows, dtype=np.int64)  # [R] first real slot of each row
         self.end = np.zeros(rows, dtype=np.int64)    # [R] one past the last filled slot
         self.n = 0                                   # rows in use: 0 .. n-1
+        # Which write produced each slot's keys and values (copies keep the id): two rows
+        # whose ids agree on a slot hold the same numbers there, in every layer.
+        self.origin = np.full((rows, slots), -1, dtype=np.int64)  # [R, S]
+        self.group = np.zeros(rows, dtype=np.int64)  # [R] the prompt (row of begin) of each row
+        self._writes = 0                             # ids handed out so far
         self._changed()
 
     def _changed(self) -> None:
@@ -68,6 +76,7 @@ class KVCache:
         self.n = n
         self.start[:n] = width - lengths
         self.end[:n] = 0
+        self.group[:n] = np.arange(n)
         self._changed()
 
     def positions(self, t: int) -> np.ndarray:
@@ -141,7 +150,15 @@ class KVCache:
 
     def advance(self, t: int) -> None:
         """Mark the ``t`` slots written by every layer as filled."""
-        self.end[: self.n] += t
+        n = self.n
+        ids = self._writes + np.arange(n * t).reshape(n, t)           # [n, t] fresh ids
+        self._writes += n * t
+        _, e = self._bounds()
+        if e is not None:
+            self.origin[:n, e:e + t] = ids
+        else:
+            self.origin[np.arange(n)[:, None], self.end[:n, None] + np.arange(t)] = ids
+        self.end[:n] += t
         lo, e = self._lo, self._common
         self._changed()
         if lo is not None:  # every row moved by t: the first slot read stays, a common end moves
@@ -162,8 +179,10 @@ class KVCache:
         lo = int(self.start[: self.n].min()) if self.n else 0
         hi = int(self.end[: self.n].max()) if self.n else 0
         self.kv[:, :, :m, :, lo:hi] = self.kv[:, :, parents, :, lo:hi]
+        self.origin[:m, lo:hi] = self.origin[parents, lo:hi]
         self.start[:m] = self.start[parents]
         self.end[:m] = self.end[parents]
+        self.group[:m] = self.group[parents]
         self.n = m
         self._changed()
 
@@ -185,28 +204,49 @@ class KVCache:
         keep = first & (src < m)                     # rows taken over in place
         taken = np.zeros(m, dtype=bool)
         taken[src[keep]] = True
-        new_perm = src.copy()
         need = np.flatnonzero(~keep)                 # sequences that need a copied row
         holes = np.flatnonzero(~taken)               # rows < m that nobody kept; |holes| == |need|
-        new_perm[need] = holes
+        new_perm = src.copy()
         if len(need):
             # Every source is a kept row (never a hole) or a row >= m (never written): the
-            # copy cannot overwrite a row before it is read.
+            # copy cannot overwrite a row before it is read. Holes are matched with sources
+            # of the same prompt where possible, and each copy starts at the first slot where
+            # the two rows differ: beams share most of their history.
+            from_rows = src[need]
+            by_group = np.argsort(self.group[from_rows], kind="stable")
+            need, from_rows = need[by_group], from_rows[by_group]
+            holes = holes[np.argsort(self.group[holes], kind="stable")]
+            new_perm[need] = holes
             lo, e = self._bounds()
             hi = int(self.end[: self.n].max()) if e is None else e
-            from_rows = src[need]
-            if len(need) <= 16:
-                # A few rows: one slice copy each (keys and values together), no temporary.
-                for h, f in zip(holes.tolist(), from_rows.tolist()):
-                    self.kv[:, :, h, :, lo:hi] = self.kv[:, :, f, :, lo:hi]
-            else:
-                self.kv[:, :, holes, :, lo:hi] = self.kv[:, :, from_rows, :, lo:hi]
+            same = self.origin[holes, lo:hi] == self.origin[from_rows, lo:hi]   # [P, W]
+            first_diff = lo + np.where(same.all(axis=1), hi - lo, same.argmin(axis=1))  # [P]
+            self._copy_rows(holes, from_rows, first_diff, hi)
+            self.origin[holes, lo:hi] = self.origin[from_rows, lo:hi]  # equal before first_diff
             self.start[holes] = self.start[from_rows]
             self.end[holes] = self.end[from_rows]
+            self.group[holes] = self.group[from_rows]
         if len(need) or m != self.n:
             self.n = m
             self._changed()
         return new_perm
+
+    def _copy_rows(self, to: np.ndarray, frm: np.ndarray, first: np.ndarray, hi: int) -> None:
+        """kv of row to[i] = kv of row frm[i] over slots first[i]..hi-1, for every i."""
+        # One slice copy per row costs a fixed few microseconds; many rows are copied in
+        # blocks of similar first slots instead, each block from its lowest first slot.
+        order = np.argsort(first, kind="stable")
+        to, frm, first = to[order].tolist(), frm[order].tolist(), first[order].tolist()
+        if len(to) <= _COPY_BLOCK:
+            for h, f, d in zip(to, frm, first):
+                if d < hi:
+                    self.kv[:, :, h, :, d:hi] = self.kv[:, :, f, :, d:hi]
+            return
+        for i in range(0, len(to), _COPY_BLOCK):
+            d = first[i]
+            if d < hi:
+                h, f = to[i:i + _COPY_BLOCK], frm[i:i + _COPY_BLOCK]
+                self.kv[:, :, h, :, d:hi] = self.kv[:, :, f, :, d:hi]
 
     def truncate(self, end: np.ndarray) -> None:
         """Roll rows back: row r keeps slots up to ``end[r]`` (at most its current end)."""
