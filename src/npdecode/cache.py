@@ -43,11 +43,13 @@ class KVCache:
         self._writes = 0                             # ids handed out so far
         self._changed()
 
-    def _changed(self) -> None:
-        """Forget what was derived from ``start``/``end``/``n``; call after changing them."""
-        self._lo = None       # min(start[:n]), the first slot any row reads
-        self._common = None   # the slot every row's next token goes to, if they all agree
-        self._visible = None  # (key, mask) of the last ``attend``, shared by all layers
+    def _changed(self, bounds: bool = True) -> None:
+        """Forget what was derived from ``start``/``end``/``n``; call after changing them.
+        ``bounds=False`` keeps ``_bounds()``, for changes that leave it valid."""
+        if bounds:
+            self._lo = None      # at most min(start[:n]): no row reads a slot before it
+            self._common = None  # the slot every row's next token goes to, if they all agree
+        self._visible = None     # (key, mask) of the last ``attend``, shared by all layers
 
     def _bounds(self) -> tuple[int, int | None]:
         """(first slot any row reads, the common end of all rows or None if they differ)."""
@@ -159,10 +161,9 @@ class KVCache:
         else:
             self.origin[np.arange(n)[:, None], self.end[:n, None] + np.arange(t)] = ids
         self.end[:n] += t
-        lo, e = self._lo, self._common
-        self._changed()
-        if lo is not None:  # every row moved by t: the first slot read stays, a common end moves
-            self._lo, self._common = lo, None if e is None else e + t
+        self._changed(bounds=False)
+        if self._common is not None:  # every row moved by t: a common end moves with them
+            self._common += t
 
     def reorder(self, parents: np.ndarray) -> None:
         """Make row i a copy of old row ``parents[i]`` (rows may repeat, vanish, or grow).
@@ -227,8 +228,10 @@ class KVCache:
             self.end[holes] = self.end[from_rows]
             self.group[holes] = self.group[from_rows]
         if len(need) or m != self.n:
+            # Every new row copies an old one: a common end stays common, and no row starts
+            # before the old first slot.
             self.n = m
-            self._changed()
+            self._changed(bounds=False)
         return new_perm
 
     def _copy_rows(self, to: np.ndarray, frm: np.ndarray, first: np.ndarray, hi: int) -> None:

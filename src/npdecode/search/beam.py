@@ -17,6 +17,7 @@ token's log-probability under the parent (highest first), then by token id (lowe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -67,10 +68,16 @@ class BeamState:
                    finished=np.zeros((batch, beam_width), dtype=bool),
                    valid=valid)
 
-    @property
+    @cached_property
     def live(self) -> np.ndarray:
         """[B, K] bool: unfinished hypotheses, the ones the model must extend."""
         return self.valid & ~self.finished
+
+    @cached_property
+    def live_slots(self) -> tuple[np.ndarray, np.ndarray]:
+        """(item, slot) of the live hypotheses, each (n,), in (item, slot) order: live
+        hypothesis i is sequence i of the next model call."""
+        return np.nonzero(self.live)
 
     def results(self) -> list[list[Hypothesis]]:
         out = []
@@ -97,7 +104,7 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     the sequence each continues (parents, (n',)) and the token it appended (n',).
     """
     B, K = state.valid.shape
-    item, slot = np.nonzero(state.live)                                   # [n] each
+    item, slot = state.live_slots                                         # [n] each
     x = logits                                                            # [n, V]
     x_max = (x.max(axis=1) if row_max is None else row_max).astype(np.float64)  # [n] by row
     offset = log_normalizer(x, x_max)                                     # [n] by row
@@ -127,7 +134,7 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     b = np.arange(B)[:, None]
     held = state.valid & state.finished                                   # [B, K]
     if not held.any():  # nothing finished: the candidates, in rank order, are the new pool
-        new_parent, new_token, new_is_cand = cand_slot, cand_token, cand_ok
+        new_parent, new_seq, new_token, new_is_cand = cand_slot, cand_seq, cand_token, cand_ok
         new_valid, logprob, score = cand_ok, cand_logprob, cand_score
     else:
         score = np.concatenate([state.score, cand_score], axis=1)         # [B, K+k]
@@ -138,6 +145,7 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
         new_is_cand = order >= K
         col = np.where(new_is_cand, order - K, 0)                         # candidate column
         new_parent = np.where(new_is_cand, cand_slot[b, col], order)
+        new_seq = cand_seq[b, col]                             # meaningful where new_is_cand
         new_token = np.where(new_is_cand, cand_token[b, col], 0)
         new_valid = ok[b, order]
         logprob = np.concatenate([state.logprob, cand_logprob], axis=1)[b, order]
@@ -152,10 +160,8 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
                     finished=finished, valid=new_valid)
 
     # Sequences of the next model call: each new live slot continues its parent's sequence.
-    seq_of_slot = np.zeros((B, K), dtype=np.int64)
-    seq_of_slot[item, slot] = np.arange(len(item))
     live = new.live
-    return new, seq_of_slot[b, new_parent][live], new_token[live]
+    return new, new_seq[live], new_token[live]
 
 
 def count_hypotheses(vocab: int, steps: int, *, cap: int) -> int:
@@ -216,7 +222,7 @@ def batched_beam_search(model, prompts: Sequence[Sequence[int]], *, beam_width: 
 
     rows = None  # sequence i's logits are row rows[i] (None: row i)
     for step in range(T):
-        item, slot = np.nonzero(state.live)
+        item, slot = state.live_slots
         row_max = check_logits(logits, len(item), vocab, item, rows)
         banned = None
         if ngram:
