@@ -49,7 +49,7 @@ class Hypothesis:
 class BeamState:
     """The pools of all batch items; slot j of an item is its j-th best hypothesis."""
 
-    tokens: np.ndarray    # [B, K, T] int64  generated tokens; only [:length] is meaningful
+    tokens: np.ndarray    # [B, K, T] int32  generated tokens; only [:length] is meaningful
     length: np.ndarray    # [B, K]    int64  number of generated tokens
     logprob: np.ndarray   # [B, K]    float64 raw sum of log-probabilities
     score: np.ndarray     # [B, K]    float64 length-penalized score
@@ -61,7 +61,8 @@ class BeamState:
         """Each pool: one unfinished, empty hypothesis with logprob 0 and score 0."""
         valid = np.zeros((batch, beam_width), dtype=bool)
         valid[:, 0] = True
-        return cls(tokens=np.zeros((batch, beam_width, max(max_new_tokens, 1)), dtype=np.int64),
+        # int32 halves the history copied each step (token ids are vocabulary indices).
+        return cls(tokens=np.zeros((batch, beam_width, max(max_new_tokens, 1)), dtype=np.int32),
                    length=np.zeros((batch, beam_width), dtype=np.int64),
                    logprob=np.zeros((batch, beam_width)),
                    score=np.zeros((batch, beam_width)),
