@@ -200,9 +200,9 @@ class KVCache:
         m = len(src)
         if m > self.k.shape[1]:
             raise ValueError(f"cache holds {self.k.shape[1]} rows; fork asked for {m}")
-        first = np.zeros(m, dtype=bool)
-        first[np.unique(src, return_index=True)[1]] = True
-        keep = first & (src < m)                     # rows taken over in place
+        first_child = np.full(self.k.shape[1], m)    # [R] each row's first child, m if none
+        np.minimum.at(first_child, src, np.arange(m))
+        keep = (first_child[src] == np.arange(m)) & (src < m)   # rows taken over in place
         taken = np.zeros(m, dtype=bool)
         taken[src[keep]] = True
         need = np.flatnonzero(~keep)                 # sequences that need a copied row
