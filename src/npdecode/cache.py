@@ -1,6 +1,7 @@
 """A preallocated key/value cache for batched incremental decoding.
 
-Layout: ``k`` and ``v`` are ``(layers, rows, heads, slots, head_dim)``. Row ``r`` holds one
+Layout: ``k`` and ``v`` are ``(layers, rows, heads, slots, head_dim)`` (two halves of one
+buffer ``kv``). Row ``r`` holds one
 sequence: slots ``start[r] .. end[r]-1`` are real tokens; slots before ``start[r]`` are left
 padding (a batch of prompts of different lengths is written left-padded so that every row's
 next token lands in the same slot) and are never attended to.
@@ -8,7 +9,9 @@ next token lands in the same slot) and are never attended to.
 The cache is passed to a model's ``prefill``/``extend`` explicitly and filled in place; it is
 never hidden on the model. Beam search reorders it by beam parent with ``fork``: a beam takes
 over its parent's row in place and only the extra children of a parent are copied, into rows
-nobody kept, so the preallocated buffer is never reallocated and most rows never move.
+nobody kept, so the preallocated buffer is never reallocated and most rows never move. Each
+slot remembers which write produced it (``origin``), so a copy starts where the two rows
+first differ: beams of one prompt share their prompt and usually a long common history.
 ``reorder`` is the plain gather (row i becomes old row ``parents[i]``). Speculative decoding
 rolls rows back after rejected tokens with ``truncate``.
 """
@@ -52,7 +55,8 @@ class KVCache:
         self._visible = None     # (key, mask) of the last ``attend``, shared by all layers
 
     def _bounds(self) -> tuple[int, int | None]:
-        """(first slot any row reads, the common end of all rows or None if they differ)."""
+        """(a slot at or before the first slot any row reads, the common end of all rows or
+        None if they differ)."""
         if self._lo is None:
             n = self.n
             self._lo = int(self.start[:n].min()) if n else 0
