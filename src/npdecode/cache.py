@@ -204,6 +204,8 @@ class KVCache:
         m = len(src)
         if m > self.k.shape[1]:
             raise ValueError(f"cache holds {self.k.shape[1]} rows; fork asked for {m}")
+        if m == self.n and (src == np.arange(m)).all():  # every sequence keeps its row
+            return src
         first_child = np.full(self.k.shape[1], m)    # [R] each row's first child, m if none
         np.minimum.at(first_child, src, np.arange(m))
         keep = (first_child[src] == np.arange(m)) & (src < m)   # rows taken over in place
