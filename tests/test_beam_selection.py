@@ -1,5 +1,7 @@
 """The candidate selection inside a beam step, against sorting every candidate by hand."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -81,3 +83,14 @@ def test_many_survivors_without_ties_are_ranked_by_value(seed, permuted, monkeyp
                                        rows=rows)
     for b, want in enumerate(brute_force(x, offset, item, k, batch)):
         assert [(value[b, j], row[b, j], token[b, j]) for j in range(k)] == want
+
+
+def test_float64_normalizer_of_many_equal_terms_is_exact_to_1e12():
+    """Long rows of equal terms are where a sum's rounding piles up; fsum is the oracle."""
+    x = np.full((3, 50_000), -3.0)
+    x[:, 0] = 5.0
+    x[1] += 30.0   # moderate maxima: summed without subtracting the max
+    x[2] -= 700.0  # far below: the max is subtracted first
+    exact = np.array([math.log(math.fsum(math.exp(v - r.max()) for v in r)) + r.max()
+                      for r in x])
+    assert np.abs(log_normalizer(x, x.max(1)) - exact).max() < 1e-12

@@ -29,10 +29,20 @@ def log_normalizer(logits: np.ndarray, row_max: np.ndarray) -> np.ndarray:
         logits = np.asarray(logits, dtype=np.float64)
     low, high = _UNSHIFTED_RANGE[logits.dtype]
     if len(row_max) and low < row_max.min() and row_max.max() < high:
-        return np.log(np.exp(logits).sum(axis=1).astype(np.float64))
+        return np.log(_row_sums(np.exp(logits)))
     shifted = logits - row_max.astype(logits.dtype)[:, None]              # [n, V]
     np.exp(shifted, out=shifted)
-    return row_max + np.log(shifted.sum(axis=1).astype(np.float64))
+    return row_max + np.log(_row_sums(shifted))
+
+
+def _row_sums(e: np.ndarray) -> np.ndarray:
+    """Row sums (n,) of non-negative e (n, V), as float64."""
+    if e.dtype == np.float64:
+        # einsum's unrolled sums are about twice as fast as sum()'s pairwise ones; in float64
+        # their error (at most V/8 rounding steps, relative) stays far below 1e-12.
+        return np.einsum("ij->i", e)
+    # In float32 that error would reach 1e-6 for long rows of similar terms: keep pairwise.
+    return e.sum(axis=1).astype(np.float64)
 
 
 def kth_largest(x: np.ndarray, k: int) -> np.ndarray:
