@@ -157,7 +157,7 @@ class KVCache:
     def advance(self, t: int) -> None:
         """Mark the ``t`` slots written by every layer as filled."""
         n = self.n
-        ids = self._writes + np.arange(n * t).reshape(n, t)           # [n, t] fresh ids
+        ids = np.arange(self._writes, self._writes + n * t).reshape(n, t)  # [n, t] fresh ids
         self._writes += n * t
         _, e = self._bounds()
         if e is not None:

@@ -80,12 +80,13 @@ class TinyLM:
         d = self.d_model
         # Dense layers work on (n*t, d): a (n, t, d) @ (d, e) product would run as n separate
         # matrix products, each reading the whole weight matrix.
-        x = self.embed[tokens.reshape(-1)]                     # [n*t, d]
+        x = self.embed[tokens.reshape(-1)]                     # [n*t, d] (a fresh array)
         qkv = (x @ self._Wqkv).reshape(n, 1, t, 3 * d)         # [n, 1, t, 3d] (one head)
         q, k, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]   # [n, 1, t, d] each
         cache.write(0, k, v)
         a = cache.attend(0, q, self._scale).reshape(n * t, d)  # [n*t, d]
         cache.advance(t)
-        x = x + a @ self.Wo
-        x = x + np.maximum(x @ self.W1, 0) @ self.W2
+        x += a @ self.Wo                                       # in place: same sums as forward
+        h = x @ self.W1                                        # [n*t, 4d]
+        x += np.maximum(h, 0, out=h) @ self.W2
         return (x @ self.lm_head).reshape(n, t, -1)            # [n, t, V]

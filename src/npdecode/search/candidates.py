@@ -144,7 +144,8 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
     seq = flat // V
     if rows is not None:
         seq = seq_of_row[seq]
-    value = offset[seq] + x.ravel()[flat].astype(np.float64)              # [C]
+    logit = x.ravel()[flat]
+    value = offset[seq] + logit.astype(np.float64)                        # [C]
     it = item[seq]
     if len(flat) > _FEW_SURVIVORS:
         # Many survivors (the beams of an item are far apart): group them by item, best value
@@ -163,22 +164,22 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
         full = np.flatnonzero(counts >= k)
         kth[full] = value[by_item[starts[full] + k - 1]]
         keep = np.flatnonzero(value >= kth[it])
-        flat, seq, value, it = flat[keep], seq[keep], value[keep], it[keep]
+        flat, seq, logit, value, it = flat[keep], seq[keep], logit[keep], value[keep], it[keep]
     token = flat % V
-    logit = x.ravel()[flat]
     # Sort by item, then value (highest first), then the tie rule: sequence (the parent's
     # place in the pool), logit (highest first; it matters where a hypothesis's logprob is
     # -inf and all its candidates tie), token (the stable sort keeps flat order, in which a
     # sequence's tokens ascend).
     order = np.lexsort((-logit, seq, -value, it))                        # [C]
-    it = it[order]                                                        # ascending
     counts = np.bincount(it, minlength=batch)                             # [B]
-    rank = np.arange(len(order)) - (np.cumsum(counts) - counts)[it]       # rank within item
+    starts = np.cumsum(counts) - counts             # each item's first place in the order
+    if counts.min() >= k:  # every item has k candidates: its first k in the order
+        sel = order[starts[:, None] + np.arange(k)]                       # [B, k]
+        return value[sel], seq[sel], token[sel]
+    it = it[order]                                                        # ascending
+    rank = np.arange(len(order)) - starts[it]                             # rank within item
     keep = np.flatnonzero(rank < k)
     sel = order[keep]
-    if len(keep) == batch * k:  # every item has k candidates: already (item, rank) ordered
-        return (value[sel].reshape(batch, k), seq[sel].reshape(batch, k),
-                token[sel].reshape(batch, k))
     b, j = it[keep], rank[keep]
     out_value = np.full((batch, k), -np.inf)
     out_seq = np.full((batch, k), -1, dtype=np.int64)
