@@ -118,6 +118,18 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float) -> np.nd
     return out
 
 
+def fold_layer_norm(g: np.ndarray, b: np.ndarray, w: np.ndarray, c: np.ndarray,
+                    dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(w', c') such that layer_norm(x, g, b) @ w + c == standardize(x) @ w' + c'.
+
+    g, b (d,) are a LayerNorm's gain and bias, w (d, e) and c (e,) the linear layer after it:
+    (s * g + b) @ w + c = s @ (g[:, None] * w) + (b @ w + c). Computed in float64 and rounded
+    once to ``dtype``, so the folded weights are as exact as the checkpoint's in that dtype.
+    """
+    g, b, w, c = (np.asarray(a, dtype=np.float64) for a in (g, b, w, c))
+    return (g[:, None] * w).astype(dtype), (b @ w + c).astype(dtype)
+
+
 class GPT2:
     """GPT-2 language model over NumPy arrays.
 
@@ -147,11 +159,7 @@ class GPT2:
 
         self.wte = get("wte.weight")                              # [V, d]
         self.wpe = get("wpe.weight")                              # [P, d]
-        self.blocks = [{k: get(f"h.{i}.{k}") for k in (
-            "ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias",
-            "attn.c_proj.weight", "attn.c_proj.bias", "ln_2.weight", "ln_2.bias",
-            "mlp.c_fc.weight", "mlp.c_fc.bias", "mlp.c_proj.weight", "mlp.c_proj.bias")}
-            for i in range(c.n_layer)]
+        self.blocks = [self._block(weights, i) for i in range(c.n_layer)]
         self.ln_f = (get("ln_f.weight"), get("ln_f.bias"))        # [d], [d]
         if c.tie_word_embeddings or "lm_head.weight" not in weights:
             if not c.tie_word_embeddings:
@@ -178,6 +186,34 @@ class GPT2:
         weights = {k.removeprefix("transformer."): v for k, v in raw.items()}
         return cls(config, weights, dtype=dtype)
 
+    def _block(self, weights: Mapping[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+        """Block i's weights, with ln_1 folded into c_attn and ln_2 into c_fc.
+
+        A LayerNorm's gain and bias are a per-column scale and shift of the next layer's
+        input, so they can go into that layer's weights and bias once at load time, and each
+        step only standardizes (see ``fold_layer_norm``).
+        """
+        def get(name: str) -> np.ndarray:
+            if f"h.{i}.{name}" not in weights:
+                raise ValueError(f"checkpoint has no tensor 'h.{i}.{name}'")
+            return weights[f"h.{i}.{name}"]
+
+        dt = self.dtype
+        qkv_w, qkv_b = fold_layer_norm(get("ln_1.weight"), get("ln_1.bias"),
+                                       get("attn.c_attn.weight"), get("attn.c_attn.bias"), dt)
+        fc_w, fc_b = fold_layer_norm(get("ln_2.weight"), get("ln_2.bias"),
+                                     get("mlp.c_fc.weight"), get("mlp.c_fc.bias"), dt)
+        return {
+            "qkv.w": qkv_w,                                               # [d, 3d] ln_1 folded
+            "qkv.b": qkv_b,                                               # [3d]
+            "attn_out.w": np.asarray(get("attn.c_proj.weight"), dtype=dt),  # [d, d]
+            "attn_out.b": np.asarray(get("attn.c_proj.bias"), dtype=dt),    # [d]
+            "fc.w": fc_w,                                                 # [d, 4d] ln_2 folded
+            "fc.b": fc_b,                                                 # [4d]
+            "mlp_out.w": np.asarray(get("mlp.c_proj.weight"), dtype=dt),  # [4d, d]
+            "mlp_out.b": np.asarray(get("mlp.c_proj.bias"), dtype=dt),    # [d]
+        }
+
     # -- pieces shared by both paths ------------------------------------------------------
 
     def _attn_scale(self, layer: int) -> float:
@@ -193,10 +229,9 @@ class GPT2:
     def _qkv(self, blk: dict, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """x (n, t, d) -> q, k, v each (n, H, t, Dh)."""
         n, t, d = x.shape
-        h = layer_norm(x.reshape(n * t, d), blk["ln_1.weight"], blk["ln_1.bias"],
-                       self.config.layer_norm_epsilon)                  # [n*t, d]
-        qkv = h @ blk["attn.c_attn.weight"]                             # [n*t, 3d]
-        qkv += blk["attn.c_attn.bias"]
+        h = standardize(x.reshape(n * t, d), self.config.layer_norm_epsilon)  # [n*t, d]
+        qkv = h @ blk["qkv.w"]                                          # [n*t, 3d]
+        qkv += blk["qkv.b"]
         qkv = qkv.reshape(n, t, 3, self.config.n_head, self.head_dim)   # [n, t, 3, H, Dh]
         q, k, v = qkv.transpose(2, 0, 3, 1, 4)                          # 3 x [n, H, t, Dh]
         return q, k, v
@@ -206,20 +241,21 @@ class GPT2:
         n, t, d = x.shape
         a = a.transpose(0, 2, 1, 3).reshape(n * t, d)                   # [n*t, d]
         # Biases and residuals are added in place, into the fresh products.
-        y = a @ blk["attn.c_proj.weight"]                               # [n*t, d]
-        y += blk["attn.c_proj.bias"]
+        y = a @ blk["attn_out.w"]                                       # [n*t, d]
+        y += blk["attn_out.b"]
         y += x.reshape(n * t, d)                                        # residual stream
-        h = layer_norm(y, blk["ln_2.weight"], blk["ln_2.bias"], self.config.layer_norm_epsilon)
-        h = h @ blk["mlp.c_fc.weight"]                                  # [n*t, 4d]
-        h += blk["mlp.c_fc.bias"]
-        out = self._act(h) @ blk["mlp.c_proj.weight"]                   # [n*t, d]
-        out += blk["mlp.c_proj.bias"]
+        h = standardize(y, self.config.layer_norm_epsilon) @ blk["fc.w"]  # [n*t, 4d]
+        h += blk["fc.b"]
+        out = self._act(h) @ blk["mlp_out.w"]                           # [n*t, d]
+        out += blk["mlp_out.b"]
         out += y
         return out.reshape(n, t, d)
 
     def _head(self, x: np.ndarray) -> np.ndarray:
         """x (..., d) -> logits (..., V)."""
         d = x.shape[-1]
+        # ln_f stays unfolded: folding its gain into a tied head would need a (d, V) copy of
+        # the embedding, and its bias would become a (V,) add on every row of logits.
         h = layer_norm(x.reshape(-1, d), *self.ln_f, self.config.layer_norm_epsilon)
         return (h @ self.lm_head).reshape(*x.shape[:-1], self.vocab_size)  # [..., V]
 
