@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from npdecode.models.gpt2 import GPT2  # noqa: E402
+from npdecode.models.gpt2 import GPT2, fold_layer_norm, layer_norm, standardize  # noqa: E402
 from npdecode.models.protocol import is_cached  # noqa: E402
 from random_gpt2 import random_gpt2  # noqa: E402
 
@@ -35,6 +35,21 @@ def hf_last_logits(model, prompts, dtype):
     with torch.no_grad():
         out = model.to(dtype)(input_ids=ids, attention_mask=mask, position_ids=pos)
     return out.logits[:, -1].numpy()
+
+
+def test_layer_norm_and_its_fold_into_the_next_layer_match_torch_layer_norm():
+    # Width 24: 1/24 is not a binary fraction, so the averaging vector is rounded.
+    rng = np.random.default_rng(5)
+    d, e, eps = 24, 10, 1e-5
+    x = rng.normal(3.0, 2.0, (6, 3, d))                                   # mean far from 0
+    g, b = 1 + 0.2 * rng.standard_normal(d), rng.standard_normal(d)
+    w, c = rng.standard_normal((d, e)), rng.standard_normal(e)
+    ref = torch.nn.functional.layer_norm(torch.tensor(x), (d,), torch.tensor(g), torch.tensor(b),
+                                         eps=eps).numpy()                 # [6, 3, d]
+    np.testing.assert_allclose(layer_norm(x, g, b, eps), ref, atol=1e-12, rtol=0)
+    w_folded, c_folded = fold_layer_norm(g, b, w, c, np.float64)
+    np.testing.assert_allclose(standardize(x, eps) @ w_folded + c_folded, ref @ w + c,
+                               atol=1e-12, rtol=0)
 
 
 RAGGED = [[5, 17, 3, 88, 41, 2, 9], [60], [1, 2, 3, 4], [96, 0, 50, 50, 7, 12, 13, 14, 15, 30]]
