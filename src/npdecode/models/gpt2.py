@@ -128,7 +128,7 @@ def fold_layer_norm(g: np.ndarray, b: np.ndarray, w: np.ndarray, c: np.ndarray,
 
     g, b (d,) are a LayerNorm's gain and bias, w (d, e) and c (e,) the linear layer after it:
     (s * g + b) @ w + c = s @ (g[:, None] * w) + (b @ w + c). Computed in float64 and rounded
-    once to ``dtype``, so the folded weights are as exact as the checkpoint's in that dtype.
+    once to ``dtype``: one rounding per folded weight, as when the checkpoint is cast.
     """
     g, b, w, c = (np.asarray(a, dtype=np.float64) for a in (g, b, w, c))
     return (g[:, None] * w).astype(dtype), (b @ w + c).astype(dtype)
