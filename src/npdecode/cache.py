@@ -36,13 +36,15 @@ class KVCache:
         self.kv = np.zeros((2, layers, rows, heads, slots, head_dim), dtype=dtype)
         self.k = self.kv[0]  # [L, R, H, S, Dh]
         self.v = self.kv[1]  # [L, R, H, S, Dh]
-        self.start = np.zeros(rows, dtype=np.int64)  # [R] first real slot of each row
-        self.end = np.zeros(rows, dtype=np.int64)    # [R] one past the last filled slot
-        self.n = 0                                   # rows in use: 0 .. n-1
+        # Per-row bookkeeping in one array, so that copying rows copies it in one call.
+        self._rows = np.zeros((3, rows), dtype=np.int64)
+        self.start = self._rows[0]  # [R] first real slot of each row
+        self.end = self._rows[1]    # [R] one past the last filled slot
+        self.group = self._rows[2]  # [R] the prompt (row of ``begin``) each row descends from
+        self.n = 0                  # rows in use: 0 .. n-1
         # Which write produced each slot's keys and values (copies keep the id): two rows
         # whose ids agree on a slot hold the same numbers there, in every layer.
         self.origin = np.full((rows, slots), -1, dtype=np.int64)  # [R, S]
-        self.group = np.zeros(rows, dtype=np.int64)  # [R] the prompt (row of begin) of each row
         self._writes = 0                             # ids handed out so far
         self._changed()
 
@@ -185,9 +187,7 @@ class KVCache:
         hi = int(self.end[: self.n].max()) if self.n else 0
         self.kv[:, :, :m, :, lo:hi] = self.kv[:, :, parents, :, lo:hi]
         self.origin[:m, lo:hi] = self.origin[parents, lo:hi]
-        self.start[:m] = self.start[parents]
-        self.end[:m] = self.end[parents]
-        self.group[:m] = self.group[parents]
+        self._rows[:, :m] = self._rows[:, parents]
         self.n = m
         self._changed()
 
@@ -230,9 +230,7 @@ class KVCache:
             first_diff = lo + np.where(same.all(axis=1), hi - lo, same.argmin(axis=1))  # [P]
             self._copy_rows(holes, from_rows, first_diff, hi)
             self.origin[holes, lo:hi] = self.origin[from_rows, lo:hi]  # equal before first_diff
-            self.start[holes] = self.start[from_rows]
-            self.end[holes] = self.end[from_rows]
-            self.group[holes] = self.group[from_rows]
+            self._rows[:, holes] = self._rows[:, from_rows]  # start, end, group
         if len(need) or m != self.n:
             # Every new row copies an old one: a common end stays common, and no row starts
             # before the old first slot.
@@ -244,13 +242,13 @@ class KVCache:
         """kv of row to[i] = kv of row frm[i] over slots first[i]..hi-1, for every i."""
         # One slice copy per row costs a fixed few microseconds; many rows are copied in
         # blocks of similar first slots instead, each block from its lowest first slot.
-        order = np.argsort(first, kind="stable")
-        to, frm, first = to[order].tolist(), frm[order].tolist(), first[order].tolist()
         if len(to) <= _COPY_BLOCK:
-            for h, f, d in zip(to, frm, first):
+            for h, f, d in zip(to.tolist(), frm.tolist(), first.tolist()):
                 if d < hi:
                     self.kv[:, :, h, :, d:hi] = self.kv[:, :, f, :, d:hi]
             return
+        order = np.argsort(first, kind="stable")
+        to, frm, first = to[order].tolist(), frm[order].tolist(), first[order].tolist()
         for i in range(0, len(to), _COPY_BLOCK):
             d = first[i]
             if d < hi:

@@ -81,14 +81,15 @@ class BeamState:
         return np.nonzero(self.live)
 
     def results(self) -> list[list[Hypothesis]]:
-        out = []
-        for b in range(self.valid.shape[0]):
-            out.append([Hypothesis(tokens=self.tokens[b, j, :self.length[b, j]].tolist(),
-                                   score=float(self.score[b, j]),
-                                   logprob=float(self.logprob[b, j]),
-                                   finished=bool(self.finished[b, j]))
-                        for j in np.flatnonzero(self.valid[b])])
-        return out
+        # Whole arrays to Python lists once: per-element NumPy indexing costs more than the
+        # search's last steps.
+        tokens, length, score, logprob, finished, valid = (
+            a.tolist() for a in (self.tokens, self.length, self.score, self.logprob,
+                                 self.finished, self.valid))
+        return [[Hypothesis(tokens=tokens[b][j][:length[b][j]], score=score[b][j],
+                            logprob=logprob[b][j], finished=finished[b][j])
+                 for j in range(len(valid[b])) if valid[b][j]]
+                for b in range(len(valid))]
 
 
 def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
