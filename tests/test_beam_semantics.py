@@ -3,6 +3,7 @@
 import itertools
 
 import numpy as np
+import pytest
 
 from npdecode import TinyLM, batched_beam_search
 from npdecode.numerics import log_softmax
@@ -201,3 +202,36 @@ def test_no_repeat_ngram_bans_repeated_bigrams_and_matches_the_reference():
             assert len(bigrams) == len(set(bigrams)), seq
     for g, w in zip(got, reference_beam_search(m, prompts, **kw)):
         assert_same(g, w)
+
+
+class ShiftedTable:
+    """A forward-only model whose logits depend on the last token through a table of
+    half-steps (many exact ties) and are raised by ``shift`` for prompts starting with 0:
+    a softmax does not change, but the magnitude of the logits does."""
+
+    def __init__(self, vocab_size: int, seed: int, shift: float):
+        rng = np.random.default_rng(seed)
+        self.vocab_size = vocab_size
+        self.table = np.round(rng.normal(size=(vocab_size, vocab_size)) * 2) / 2
+        self.shift = shift
+
+    def forward(self, ids):
+        ids = np.asarray(ids)
+        logits = self.table[ids[:, -1]].copy()
+        logits[ids[:, 0] == 0] += self.shift
+        return logits
+
+
+@pytest.mark.parametrize("shift", [700.0, -700.0])
+def test_a_batch_neighbour_with_huge_logits_changes_nothing(shift):
+    """Each row's log-softmax is computed the same way whatever the other rows hold (a
+    neighbour's logits near +-700 must not switch this prompt's arithmetic, or exact ties
+    would break differently)."""
+    kw = dict(beam_width=4, max_new_tokens=6)
+    for seed in range(60):
+        m = ShiftedTable(5, seed, shift)
+        rng = np.random.default_rng(seed)
+        p = rng.integers(1, 5, size=2).tolist()
+        alone = batched_beam_search(m, [p], **kw)[0]
+        batch = batched_beam_search(m, [p, [0, 1]], **kw)[0]
+        assert [(h.tokens, h.score) for h in batch] == [(h.tokens, h.score) for h in alone]

@@ -232,10 +232,12 @@ class KVCache:
             self.origin[holes, lo:hi] = self.origin[from_rows, lo:hi]  # equal before first_diff
             self._rows[:, holes] = self._rows[:, from_rows]  # start, end, group
         if len(need) or m != self.n:
-            # Every new row copies an old one: a common end stays common, and no row starts
-            # before the old first slot.
+            # Every new row copies an old one, so a common end stays common; the first slot
+            # read moves up if the rows that started earliest are gone.
+            _, e = self._bounds()
             self.n = m
-            self._changed(bounds=False)
+            self._changed()
+            self._lo, self._common = (int(self.start[:m].min()) if m else 0), e
         return new_perm
 
     def _copy_rows(self, to: np.ndarray, frm: np.ndarray, first: np.ndarray, hi: int) -> None:

@@ -22,17 +22,21 @@ def log_normalizer(logits: np.ndarray, row_max: np.ndarray) -> np.ndarray:
     Float64 logits are normalized in float64. Float32 logits are exponentiated and summed
     (pairwise) in float32 and the log taken in float64: the error, a few 1e-7, is the size of
     the rounding already in a float32 model's logits, and the passes over (n, V) cost half.
-    When every row max is moderate the max is not subtracted first (one pass fewer; the
-    relative error of each exponential is the same either way).
+    A row whose max is moderate is exponentiated without first subtracting the max (one
+    pass fewer when every row is; the relative error of each exponential is the same either
+    way); any other row is shifted by its max. The choice is made row by row, so a row's
+    result never depends on the other rows of the batch.
     """
     if logits.dtype not in _UNSHIFTED_RANGE:
         logits = np.asarray(logits, dtype=np.float64)
     low, high = _UNSHIFTED_RANGE[logits.dtype]
-    if len(row_max) and low < row_max.min() and row_max.max() < high:
+    moderate = (low < row_max) & (row_max < high)                        # [n]
+    if moderate.all():
         return np.log(_row_sums(np.exp(logits)))
-    shifted = logits - row_max.astype(logits.dtype)[:, None]              # [n, V]
-    np.exp(shifted, out=shifted)
-    return row_max + np.log(_row_sums(shifted))
+    shift = np.where(moderate, 0.0, row_max).astype(np.float64)          # [n]
+    e = logits - shift.astype(logits.dtype)[:, None]                     # [n, V]
+    np.exp(e, out=e)
+    return shift + np.log(_row_sums(e))
 
 
 def _row_sums(e: np.ndarray) -> np.ndarray:
