@@ -45,7 +45,7 @@ class KVCache:
         # Which write produced each slot's keys and values (copies keep the id): two rows
         # whose ids agree on a slot hold the same numbers there, in every layer.
         self.origin = np.full((rows, slots), -1, dtype=np.int64)  # [R, S]
-        self._writes = 0                             # ids handed out so far
+        self._writes = 0  # ids handed out so far
         self._changed()
 
     def _changed(self, bounds: bool = True) -> None:
