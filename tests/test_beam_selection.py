@@ -94,3 +94,28 @@ def test_float64_normalizer_of_many_equal_terms_is_exact_to_1e12():
     exact = np.array([math.log(math.fsum(math.exp(v - r.max()) for v in r)) + r.max()
                       for r in x])
     assert np.abs(log_normalizer(x, x.max(1)) - exact).max() < 1e-12
+
+
+@pytest.mark.parametrize("V", [7, 128, 1000, 1001, 50_257])  # one chunk, exact chunks, leftovers
+def test_float32_normalizer_of_many_equal_terms_is_accurate(V):
+    """Float32 rows are summed in chunks; rows of equal terms are where a sequential sum's
+    rounding piles up. fsum of the same float32 exponentials is the oracle."""
+    x = np.full((3, V), -1.5, dtype=np.float32)
+    x[:, 0] = 2.0
+    x[1] += 20.0   # larger terms, same pattern
+    x[2, 1::2] = -30.0
+    e = np.exp(x).astype(np.float64)  # the float32 exponentials, exactly
+    exact = np.array([math.log(math.fsum(r)) for r in e])
+    # pairwise summation's own guarantee for these rows is a few 1e-7: ask for the same
+    assert np.abs(log_normalizer(x, x.max(1).astype(np.float64)) - exact).max() < 3e-7
+
+
+@pytest.mark.parametrize("V", [5, 1000, 20_000])  # below, inside and above the buffer range
+def test_at_or_above_matches_the_plain_comparison_and_leaves_numpy_settings(V):
+    rng = np.random.default_rng(V)
+    x = rng.standard_normal((6, V)).astype(np.float32)
+    threshold = np.float32(rng.standard_normal(6))
+    before = np.getbufsize()
+    got = candidates.at_or_above(x, threshold)
+    assert np.getbufsize() == before
+    np.testing.assert_array_equal(got, np.flatnonzero(x >= threshold[:, None]))
