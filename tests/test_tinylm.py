@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from npdecode import TinyLM
+from npdecode import cache as cache_module
 
 
 def spec_weights(vocab_size, d_model, seed):
@@ -103,8 +104,12 @@ def test_cache_refuses_overflow():
         m.extend(np.array([[4]]), cache)
 
 
+@pytest.mark.parametrize("sort_parents", [True, False])
+@pytest.mark.parametrize("few_rows", [64, 0])  # pairing in Python, with arrays
 @pytest.mark.parametrize("rows", [8, 48])   # few forks copy row by row, many in one gather
-def test_fork_copies_only_forked_rows_and_agrees_with_forward(rows):
+def test_fork_copies_only_forked_rows_and_agrees_with_forward(rows, few_rows, sort_parents,
+                                                              monkeypatch):
+    monkeypatch.setattr(cache_module, "_FEW_ROWS", few_rows)
     m = TinyLM(vocab_size=40, d_model=16, seed=2)
     rng = np.random.default_rng(1)
     prompts = [[1, 2, 3], [4, 5, 6, 7, 8], [9, 10]]
@@ -112,7 +117,9 @@ def test_fork_copies_only_forked_rows_and_agrees_with_forward(rows):
     m.prefill(prompts, cache)
     seqs, perm = [list(p) for p in prompts], np.arange(3)
     for _ in range(6):
-        parents = np.sort(rng.integers(0, len(seqs), size=rng.integers(rows // 2, rows + 1)))
+        parents = rng.integers(0, len(seqs), size=rng.integers(rows // 2, rows + 1))
+        if sort_parents:
+            parents = np.sort(parents)
         before_k, before_v = cache.k.copy(), cache.v.copy()
         filled = slice(int(cache.start[:cache.n].min()), int(cache.end[:cache.n].max()))
         new_perm = cache.fork(perm, parents)

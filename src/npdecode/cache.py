@@ -204,25 +204,16 @@ class KVCache:
         m = len(src)
         if m > self.k.shape[1]:
             raise ValueError(f"cache holds {self.k.shape[1]} rows; fork asked for {m}")
-        if m == self.n and (src == np.arange(m)).all():  # every sequence keeps its row
+        pairing = _pair_few if m <= _FEW_ROWS else _pair_many
+        need, holes = pairing(src, self.group)
+        if m == self.n and not len(need):  # every sequence keeps its row
             return src
-        first_child = np.full(self.k.shape[1], m)    # [R] each row's first child, m if none
-        np.minimum.at(first_child, src, np.arange(m))
-        keep = (first_child[src] == np.arange(m)) & (src < m)   # rows taken over in place
-        taken = np.zeros(m, dtype=bool)
-        taken[src[keep]] = True
-        need = np.flatnonzero(~keep)                 # sequences that need a copied row
-        holes = np.flatnonzero(~taken)               # rows < m that nobody kept; |holes| == |need|
         new_perm = src.copy()
         if len(need):
             # Every source is a kept row (never a hole) or a row >= m (never written): the
-            # copy cannot overwrite a row before it is read. Holes are matched with sources
-            # of the same prompt where possible, and each copy starts at the first slot where
-            # the two rows differ: beams share most of their history.
+            # copy cannot overwrite a row before it is read. Each copy starts at the first
+            # slot where the two rows differ: beams share most of their history.
             from_rows = src[need]
-            by_group = np.argsort(self.group[from_rows], kind="stable")
-            need, from_rows = need[by_group], from_rows[by_group]
-            holes = holes[np.argsort(self.group[holes], kind="stable")]
             new_perm[need] = holes
             lo, e = self._bounds()
             hi = int(self.end[: self.n].max()) if e is None else e
@@ -231,13 +222,12 @@ class KVCache:
             self._copy_rows(holes, from_rows, first_diff, hi)
             self.origin[holes, lo:hi] = self.origin[from_rows, lo:hi]  # equal before first_diff
             self._rows[:, holes] = self._rows[:, from_rows]  # start, end, group
-        if len(need) or m != self.n:
-            # Every new row copies an old one, so a common end stays common; the first slot
-            # read moves up if the rows that started earliest are gone.
-            _, e = self._bounds()
-            self.n = m
-            self._changed()
-            self._lo, self._common = (int(self.start[:m].min()) if m else 0), e
+        # Every new row copies an old one, so a common end stays common; the first slot read
+        # moves up if the rows that started earliest are gone.
+        _, e = self._bounds()
+        self.n = m
+        self._changed()
+        self._lo, self._common = (int(self.start[:m].min()) if m else 0), e
         return new_perm
 
     def _copy_rows(self, to: np.ndarray, frm: np.ndarray, first: np.ndarray, hi: int) -> None:
@@ -264,3 +254,46 @@ class KVCache:
             raise ValueError("truncate can only shorten rows, not below their first real slot")
         self.end[: self.n] = end
         self._changed()
+
+
+# Up to this many sequences, ``fork`` pairs copies with plain Python: a few microseconds,
+# where the array version's dozen calls cost more than the loop.
+_FEW_ROWS = 64
+
+
+def _pair_few(src: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``_pair_many`` for few sequences."""
+    m = len(src)
+    rows = src.tolist()
+    kept, need = set(), []
+    for i, r in enumerate(rows):
+        if r < m and r not in kept:
+            kept.add(r)
+        else:
+            need.append(i)
+    if not need:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    g = group.tolist()
+    holes = sorted((r for r in range(m) if r not in kept), key=g.__getitem__)
+    need.sort(key=lambda i: g[rows[i]])  # stable: by group, then sequence
+    return np.array(need), np.array(holes)
+
+
+def _pair_many(src: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which sequences need a copied row (``need``) and the row each gets (``holes``).
+
+    Sequence i continues cache row ``src[i]``; rows 0..m-1 will hold the m sequences. The
+    first sequence continuing a row below m keeps it; the others get the rows nobody kept,
+    paired within a prompt (``group``) where possible, since those share the prompt.
+    """
+    m = len(src)
+    first_child = np.full(max(m, int(src.max()) + 1), m)     # each row's first child, or m
+    np.minimum.at(first_child, src, np.arange(m))
+    keep = (first_child[src] == np.arange(m)) & (src < m)     # rows taken over in place
+    taken = np.zeros(m, dtype=bool)
+    taken[src[keep]] = True
+    need = np.flatnonzero(~keep)
+    holes = np.flatnonzero(~taken)                            # |holes| == |need|
+    need = need[np.argsort(group[src[need]], kind="stable")]
+    holes = holes[np.argsort(group[holes], kind="stable")]
+    return need, holes
