@@ -108,11 +108,13 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     B, K = state.valid.shape
     item, slot = state.live_slots                                         # [n] each
     x = logits                                                            # [n, V]
-    x_max = (x.max(axis=1) if row_max is None else row_max).astype(np.float64)  # [n] by row
+    x_max = np.asarray(x.max(axis=1) if row_max is None else row_max, dtype=np.float64)  # [n]
     offset = log_normalizer(x, x_max)                                     # [n] by row
     if rows is not None:  # into sequence order
         x_max, offset = x_max[rows], offset[rows]
-    offset = state.logprob[item, slot] - offset                           # [n]
+    # The live slots' logprobs; when every slot is live they are the whole array, in order.
+    logprob = state.logprob.ravel() if len(item) == B * K else state.logprob[item, slot]
+    offset = logprob - offset                                             # [n]
     if banned is not None:  # banned tokens are never chosen; bound the rest
         x = np.where(banned, -np.inf, x)
         x_max = x.max(axis=1).astype(np.float64)

@@ -30,9 +30,9 @@ def log_normalizer(logits: np.ndarray, row_max: np.ndarray) -> np.ndarray:
     if logits.dtype not in _UNSHIFTED_RANGE:
         logits = np.asarray(logits, dtype=np.float64)
     low, high = _UNSHIFTED_RANGE[logits.dtype]
-    moderate = (low < row_max) & (row_max < high)                        # [n]
-    if moderate.all():
+    if not len(row_max) or (low < row_max.min() and row_max.max() < high):  # all moderate
         return np.log(_row_sums(np.exp(logits)))
+    moderate = (low < row_max) & (row_max < high)                        # [n]
     shift = np.where(moderate, 0.0, row_max).astype(np.float64)          # [n]
     e = logits - shift.astype(logits.dtype)[:, None]                     # [n, V]
     np.exp(e, out=e)
@@ -122,7 +122,7 @@ def group_by_item(value: np.ndarray, item: np.ndarray, batch: int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices of the values (C,) grouped by item (0..batch-1), each item's best value first
     (equal values in no particular order), with each item's count and first position (B,)."""
-    by_value = np.argsort(-value)                                         # [C] best first
+    by_value = np.argsort(value)[::-1]                                    # [C] best first
     # A stable sort of small integers is a radix sort: it groups by item, best value first.
     by_item = by_value[np.argsort(item[by_value].astype(_item_dtype(batch)), kind="stable")]
     counts = np.bincount(item, minlength=batch)                           # [B]
@@ -163,9 +163,9 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
     threshold = bound - np.maximum(offset, -1e300) - margin              # [n]
     threshold = np.nextafter(threshold.astype(x.dtype), -np.inf)
     if rows is not None:  # thresholds and sequence numbers in x's row order
-        threshold[rows] = threshold.copy()
         seq_of_row = np.empty(n, dtype=np.int64)
         seq_of_row[rows] = np.arange(n)
+        threshold = threshold[seq_of_row]
     flat = at_or_above(x, threshold)                       # [C] in (row, token) order
     if len(flat) > 4 * k * n:
         # The bound was loose (beams far apart): no row can place more than its own k best

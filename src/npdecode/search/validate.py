@@ -116,8 +116,9 @@ def check_logits(logits: np.ndarray, n_rows: int, vocab_size: int | None,
     if logits.dtype.kind != "f":
         raise ValueError(f"model returned logits of dtype {logits.dtype}; expected floats")
     m = logits.max(axis=1)
-    bad = ~np.isfinite(m)
-    if bad.any():
+    # One sum tells whether every max is finite (a NaN or an infinity makes it non-finite;
+    # so may an overflow, which the exact check below then clears).
+    if not math.isfinite(m.sum()) and (bad := ~np.isfinite(m)).any():
         r = int(np.flatnonzero(bad)[0])
         row = logits[r]
         if rows is not None:
