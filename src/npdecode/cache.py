@@ -24,7 +24,8 @@ from npdecode.attention.dense import dense_attention
 from npdecode.attention.flash import FLASH_TILE, flash_attention_fwd
 
 
-_COPY_BLOCK = 16  # rows per block copy in ``fork``
+_COPY_BLOCK = 32  # at most this many rows per copy in ``fork``
+_COPY_SLACK = 8   # slots a row may be copied beyond where it differs, to share a copy
 
 
 class KVCache:
@@ -232,20 +233,20 @@ class KVCache:
 
     def _copy_rows(self, to: np.ndarray, frm: np.ndarray, first: np.ndarray, hi: int) -> None:
         """kv of row to[i] = kv of row frm[i] over slots first[i]..hi-1, for every i."""
-        # One slice copy per row costs a fixed few microseconds; many rows are copied in
-        # blocks of similar first slots instead, each block from its lowest first slot.
-        if len(to) <= _COPY_BLOCK:
-            for h, f, d in zip(to.tolist(), frm.tolist(), first.tolist()):
-                if d < hi:
-                    self.kv[:, :, h, :, d:hi] = self.kv[:, :, f, :, d:hi]
-            return
+        # One copy costs a fixed few microseconds, and most forked rows differ from their
+        # source only in the last few slots. Rows are taken in order of first slot and copied
+        # in blocks whose first slots lie within _COPY_SLACK of the block's lowest, each block
+        # in one call from that lowest slot (a few slots copied twice cost less than a call).
         order = np.argsort(first, kind="stable")
         to, frm, first = to[order].tolist(), frm[order].tolist(), first[order].tolist()
-        for i in range(0, len(to), _COPY_BLOCK):
-            d = first[i]
-            if d < hi:
-                h, f = to[i:i + _COPY_BLOCK], frm[i:i + _COPY_BLOCK]
-                self.kv[:, :, h, :, d:hi] = self.kv[:, :, f, :, d:hi]
+        i = 0
+        while i < len(to) and first[i] < hi:
+            d, j = first[i], i + 1
+            while j < len(to) and j - i < _COPY_BLOCK and first[j] - d <= _COPY_SLACK:
+                j += 1
+            h, f = (to[i], frm[i]) if j == i + 1 else (to[i:j], frm[i:j])
+            self.kv[:, :, h, :, d:hi] = self.kv[:, :, f, :, d:hi]
+            i = j
 
     def truncate(self, end: np.ndarray) -> None:
         """Roll rows back: row r keeps slots up to ``end[r]`` (at most its current end)."""
