@@ -115,7 +115,7 @@ _ROW_BUFFER = 512  # elements; a multiple of 16, as NumPy requires
 
 # Beyond this many survivors of the threshold, sorting them all by the four keys of the tie
 # rule costs more than first cutting them down to each item's k best values.
-_FEW_SURVIVORS = 512
+_FEW_SURVIVORS = 64
 
 
 def group_by_item(value: np.ndarray, item: np.ndarray, batch: int
