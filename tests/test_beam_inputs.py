@@ -188,3 +188,20 @@ def test_forward_only_logits_of_mixed_float_dtypes_are_not_narrowed():
     from npdecode.search.runner import RecomputeRunner
     logits = RecomputeRunner(Mixed(), [[1], [1, 2]]).start()
     assert logits.dtype == np.float64 and logits[1, 1] == 1e-9
+
+
+class Huge:
+    """Float32 logits whose rows peak near float32's largest value: finite, so accepted
+    (a check that added the row maxima up would overflow and call them a fault)."""
+
+    vocab_size = 4
+
+    def forward(self, ids):
+        logits = np.tile(np.array([3e38, 2e38, 0, -1], dtype=np.float32), (len(ids), 1))
+        logits[:, 0] -= np.float32(1e37) * np.arange(len(ids), dtype=np.float32)
+        return logits
+
+
+def test_finite_logits_whose_maxima_overflow_a_sum_are_accepted():
+    got = batched_beam_search(Huge(), [[1], [2], [3]], beam_width=2, max_new_tokens=2)
+    assert [h.tokens for h in got[0]] == [[0, 0], [0, 1]]  # token 0 is certain, then token 1

@@ -140,3 +140,23 @@ def test_fork_copies_only_forked_rows_and_agrees_with_forward(rows, few_rows, so
         logits = m.extend(in_cache[:, None], cache)[perm, 0]
         for r, s in enumerate(seqs):
             assert np.abs(logits[r] - m.forward(np.array([s]))[0]).max() < 1e-10
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fork_pairings_in_python_and_with_arrays_agree(seed):
+    """Both ways of choosing which sequences get copied rows, and which rows, agree."""
+    rng = np.random.default_rng(seed)
+    m = int(rng.integers(1, 40))
+    old_rows = int(rng.integers(1, 50))
+    src = rng.integers(0, old_rows, size=m)              # the row each sequence continues
+    group = rng.integers(0, 4, size=max(m, old_rows))    # the prompt of each row
+    few, many = cache_module._pair_few(src, group), cache_module._pair_many(src, group)
+    for a, b in zip(few, many):
+        np.testing.assert_array_equal(a, b)
+    need, holes = (a.tolist() for a in few)
+    stay = [i for i in range(m) if i not in need]
+    # a sequence keeps its row when it is the first to continue a row below m ...
+    assert all(src[i] < m and src[i] not in src[:i] for i in stay)
+    assert all(src[i] >= m or src[i] in src[:i] for i in need)
+    # ... and the copies go to exactly the rows below m that nobody kept
+    assert sorted(holes) == sorted(set(range(m)) - set(src[stay].tolist()))

@@ -116,14 +116,18 @@ def check_logits(logits: np.ndarray, n_rows: int, vocab_size: int | None,
     if logits.dtype.kind != "f":
         raise ValueError(f"model returned logits of dtype {logits.dtype}; expected floats")
     m = logits.max(axis=1)
-    # One sum tells whether every max is finite (a NaN or an infinity makes it non-finite;
-    # so may an overflow, which the exact check below then clears).
-    if not math.isfinite(m.sum()) and (bad := ~np.isfinite(m)).any():
-        r = int(np.flatnonzero(bad)[0])
-        row = logits[r]
-        if rows is not None:
-            items = items[np.argsort(rows)]
-        what = ("NaN" if np.isnan(row).any() else "+inf" if np.isposinf(row).any()
-                else "a row that is entirely -inf (no token has any probability)")
-        raise ValueError(f"model returned {what} in the logits for batch item {int(items[r])}")
+    if not np.isfinite(m).all():
+        _raise_on_bad_row(logits, ~np.isfinite(m), items, rows)
     return m
+
+
+def _raise_on_bad_row(logits: np.ndarray, bad: np.ndarray, items: np.ndarray,
+                      rows: np.ndarray | None) -> None:
+    """Raise for the first row of ``logits`` marked ``bad`` (n,), naming its batch item."""
+    r = int(np.flatnonzero(bad)[0])
+    row = logits[r]
+    if rows is not None:
+        items = items[np.argsort(rows)]
+    what = ("NaN" if np.isnan(row).any() else "+inf" if np.isposinf(row).any()
+            else "a row that is entirely -inf (no token has any probability)")
+    raise ValueError(f"model returned {what} in the logits for batch item {int(items[r])}")
