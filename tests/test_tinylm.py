@@ -160,3 +160,12 @@ def test_fork_pairings_in_python_and_with_arrays_agree(seed):
     assert all(src[i] >= m or src[i] in src[:i] for i in need)
     # ... and the copies go to exactly the rows below m that nobody kept
     assert sorted(holes) == sorted(set(range(m)) - set(src[stay].tolist()))
+
+
+def test_fork_of_rows_with_nothing_filled_yet():
+    """Forking before any slot is written copies nothing and still lays out every sequence."""
+    cache = cache_module.KVCache(layers=1, rows=4, heads=1, slots=5, head_dim=2)
+    cache.begin(np.array([0, 0]), 0)
+    new_perm = cache.fork(np.arange(2), np.array([0, 0, 1]))
+    assert sorted(new_perm.tolist()) == [0, 1, 2] and cache.n == 3
+    assert new_perm[0] == 0 and new_perm[2] == 1  # first children keep their rows

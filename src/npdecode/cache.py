@@ -219,7 +219,8 @@ class KVCache:
             lo, e = self._bounds()
             hi = int(self.end[: self.n].max()) if e is None else e
             same = self.origin[holes, lo:hi] == self.origin[from_rows, lo:hi]   # [P, W]
-            first_diff = lo + np.where(same.all(axis=1), hi - lo, same.argmin(axis=1))  # [P]
+            first_diff = (lo + np.where(same.all(axis=1), hi - lo, same.argmin(axis=1))
+                          if hi > lo else np.full(len(holes), hi))              # [P]
             self._copy_rows(holes, from_rows, first_diff, hi)
             self.origin[holes, lo:hi] = self.origin[from_rows, lo:hi]  # equal before first_diff
             self._rows[:, holes] = self._rows[:, from_rows]  # start, end, group
