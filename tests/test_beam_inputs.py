@@ -1,5 +1,7 @@
 """Bad input: every bad input gets a clear error before any work starts."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -48,6 +50,23 @@ def test_an_empty_prompt_names_its_batch_index(model):
 def test_a_bad_token_names_item_position_value_and_vocab(model, bad, shown):
     refused(model, rf"prompt 1, position 2: token {shown}.*vocab size 10",
             prompts=[[1], [1, 2, bad]])
+
+
+@pytest.mark.parametrize("bad", [True, np.float64(2.0), np.int64(10), np.int8(-2)])
+def test_bools_floats_and_out_of_range_numpy_scalars_are_refused(model, bad):
+    refused(model, rf"prompt 0, position 1: token {re.escape(repr(bad))} is not a valid id",
+            prompts=[[1, bad]])
+
+
+def test_numpy_prompts_are_accepted_like_lists(model):
+    want = run(model, prompts=[[1, 2], [3, 4, 5]])
+    arrays = [np.array([1, 2], dtype=np.uint8), np.array([3, 4, 5])]
+    assert run(model, prompts=arrays) == want
+    assert run(model, prompts=[[np.int32(1), np.int64(2)], [3, 4, 5]]) == want
+    model.calls = 0
+    refused(model, r"prompt 1, position 1: token 10", prompts=[[1], np.array([3, 10])])
+    refused(model, r"prompt 0, position 0: token np.float64\(1.0\)",
+            prompts=[np.array([1.0, 2.0])])
 
 
 @pytest.mark.parametrize("value", [0, -3, 2.0, True, None])

@@ -38,6 +38,12 @@ def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int | None) -> l
             raise ValueError(f"prompt {b} must be a list of token ids, got {type(prompt).__name__}")
         if len(prompt) == 0:
             raise ValueError(f"prompt {b} is empty; every prompt needs at least one token")
+        if isinstance(prompt, np.ndarray) and prompt.ndim == 1 and prompt.dtype.kind in "iu":
+            prompt = prompt.tolist()  # Python ints: checked like a list
+        if all(type(tok) is int for tok in prompt) and min(prompt) >= 0 and (
+                vocab_size is None or max(prompt) < vocab_size):
+            clean.append(list(prompt))  # the common case, checked in bulk
+            continue
         row = []
         for pos, tok in enumerate(prompt):
             bad = (isinstance(tok, bool) or not isinstance(tok, numbers.Integral) or tok < 0
