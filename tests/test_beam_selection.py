@@ -110,11 +110,12 @@ def test_float32_normalizer_of_many_equal_terms_is_accurate(V):
     assert np.abs(log_normalizer(x, x.max(1).astype(np.float64)) - exact).max() < 3e-7
 
 
+@pytest.mark.parametrize("rows", [6, 64])  # too few and enough rows for the smaller buffer
 @pytest.mark.parametrize("V", [5, 1000, 20_000])  # below, inside and above the buffer range
-def test_at_or_above_matches_the_plain_comparison_and_leaves_numpy_settings(V):
+def test_at_or_above_matches_the_plain_comparison_and_leaves_numpy_settings(V, rows):
     rng = np.random.default_rng(V)
-    x = rng.standard_normal((6, V)).astype(np.float32)
-    threshold = np.float32(rng.standard_normal(6))
+    x = rng.standard_normal((rows, V)).astype(np.float32)
+    threshold = np.float32(rng.standard_normal(rows))
     before = np.getbufsize()
     got = candidates.at_or_above(x, threshold)
     assert np.getbufsize() == before

@@ -17,7 +17,6 @@ token's log-probability under the parent (highest first), then by token id (lowe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -45,40 +44,44 @@ class Hypothesis:
     finished: bool
 
 
-@dataclass(frozen=True)
 class BeamState:
-    """The pools of all batch items; slot j of an item is its j-th best hypothesis."""
+    """The pools of all batch items; slot j of an item is its j-th best hypothesis.
 
-    tokens: np.ndarray    # [B, K, T] int32  generated tokens; only [:length] is meaningful
-    length: np.ndarray    # [B, K]    int64  number of generated tokens
-    logprob: np.ndarray   # [B, K]    float64 raw sum of log-probabilities
-    score: np.ndarray     # [B, K]    float64 length-penalized score
-    finished: np.ndarray  # [B, K]    bool   ended with EOS
-    valid: np.ndarray     # [B, K]    bool   slot holds a hypothesis (pools may be short)
+    Arrays over (batch B, beam slot K); treat them as read-only (a step makes a new state).
+    """
+
+    __slots__ = ("tokens", "length", "logprob", "score", "finished", "valid", "live",
+                 "live_slots", "_all_slots")
+
+    def __init__(self, tokens: np.ndarray, length: np.ndarray, logprob: np.ndarray,
+                 score: np.ndarray, finished: np.ndarray, valid: np.ndarray,
+                 all_slots: tuple[np.ndarray, np.ndarray]):
+        self.tokens = tokens        # [B, K, T] int32  generated tokens; only [:length] counts
+        self.length = length        # [B, K]    int64  number of generated tokens
+        self.logprob = logprob      # [B, K]    float64 raw sum of log-probabilities
+        self.score = score          # [B, K]    float64 length-penalized score
+        self.finished = finished    # [B, K]    bool   ended with EOS
+        self.valid = valid          # [B, K]    bool   slot holds a hypothesis (pools may be short)
+        # Unfinished hypotheses, the ones the model must extend, and their (item, slot), each
+        # (n,) in (item, slot) order: live hypothesis i is sequence i of the next model call.
+        self.live = valid & ~finished                                     # [B, K]
+        self._all_slots = all_slots  # (item, slot) of every slot, for when all are live
+        self.live_slots = all_slots if self.live.all() else np.nonzero(self.live)
 
     @classmethod
     def initial(cls, batch: int, beam_width: int, max_new_tokens: int) -> "BeamState":
         """Each pool: one unfinished, empty hypothesis with logprob 0 and score 0."""
         valid = np.zeros((batch, beam_width), dtype=bool)
         valid[:, 0] = True
+        all_slots = (np.repeat(np.arange(batch), beam_width),
+                     np.tile(np.arange(beam_width), batch))
         # int32 halves the history copied each step (token ids are vocabulary indices).
         return cls(tokens=np.zeros((batch, beam_width, max(max_new_tokens, 1)), dtype=np.int32),
                    length=np.zeros((batch, beam_width), dtype=np.int64),
                    logprob=np.zeros((batch, beam_width)),
                    score=np.zeros((batch, beam_width)),
                    finished=np.zeros((batch, beam_width), dtype=bool),
-                   valid=valid)
-
-    @cached_property
-    def live(self) -> np.ndarray:
-        """[B, K] bool: unfinished hypotheses, the ones the model must extend."""
-        return self.valid & ~self.finished
-
-    @cached_property
-    def live_slots(self) -> tuple[np.ndarray, np.ndarray]:
-        """(item, slot) of the live hypotheses, each (n,), in (item, slot) order: live
-        hypothesis i is sequence i of the next model call."""
-        return np.nonzero(self.live)
+                   valid=valid, all_slots=all_slots)
 
     def results(self) -> list[list[Hypothesis]]:
         # Whole arrays to Python lists once: per-element NumPy indexing costs more than the
@@ -124,7 +127,6 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     # each beam's top 2K tokens (the textbook candidate set), so the result is the same.
     cand_logprob, cand_seq, cand_token = top_candidates(x, x_max, offset, item, K, B,
                                                         banned, rows)            # [B, k]
-    k = cand_seq.shape[1]
     cand_ok = cand_seq >= 0
     cand_slot = slot[cand_seq]  # where cand_seq is -1 this is junk, never used (not ok)
     cand_score = cand_logprob / float(step + 1) ** alpha
@@ -155,17 +157,24 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
         logprob = np.concatenate([state.logprob, cand_logprob], axis=1)[b, order]
         score = score[b, order]
     tokens = state.tokens[b, new_parent]                                  # [B, K, T]
-    tokens[:, :, step] = np.where(new_is_cand, new_token, tokens[:, :, step])
-    length = state.length[b, new_parent] + new_is_cand
-    finished = ~new_is_cand
+    # Every unfinished hypothesis has exactly `step` tokens: a candidate has step + 1.
+    if new_is_cand.all():  # every slot holds a new candidate (the usual case)
+        tokens[:, :, step] = new_token
+        length = np.full((B, K), step + 1)
+        finished = np.zeros((B, K), dtype=bool)
+    else:
+        tokens[:, :, step] = np.where(new_is_cand, new_token, tokens[:, :, step])
+        length = np.where(new_is_cand, step + 1, state.length[b, new_parent])
+        finished = ~new_is_cand
     if eos_token_id is not None:
         finished |= new_token == eos_token_id
     new = BeamState(tokens=tokens, length=length, logprob=logprob, score=score,
-                    finished=finished, valid=new_valid)
+                    finished=finished, valid=new_valid, all_slots=state._all_slots)
 
     # Sequences of the next model call: each new live slot continues its parent's sequence.
-    live = new.live
-    return new, new_seq[live], new_token[live]
+    if new.live_slots is new._all_slots:  # every slot is live: all of them, in order
+        return new, new_seq.ravel(), new_token.ravel()
+    return new, new_seq[new.live], new_token[new.live]
 
 
 def count_hypotheses(vocab: int, steps: int, *, cap: int) -> int:

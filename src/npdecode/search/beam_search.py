@@ -31,8 +31,9 @@ uses float32 whatever the model's dtype, so scores agree to ~1e-6 and a near-tie
 could be ordered differently); placeholder and dead beams are -inf rather than -1e9, which
 matters only when fewer than 2K finite candidates exist (vocabulary smaller than 2K, or n-gram
 bans removing almost every token: an item whose candidates are all banned returns fewer
-hypotheses, possibly none, where transformers returns placeholders scored about -1e9); and with ``num_beams=1`` transformers switches to greedy
-search, whereas this runs the beam algorithm with K = 1.
+hypotheses, possibly none, where transformers returns placeholders scored about -1e9); and
+with ``num_beams=1`` transformers switches to greedy search, whereas this runs the beam
+algorithm with K = 1.
 
 Ties (equal scores) are broken deterministically and per item: candidates by lower
 (beam, token) index; in the finished set, an entry already present before a new one.

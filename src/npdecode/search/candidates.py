@@ -8,6 +8,8 @@ lower bound on the item's K-th best candidate, and the few survivors are ranked 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 
@@ -51,13 +53,21 @@ def _row_sums(e: np.ndarray) -> np.ndarray:
     n, V = e.shape
     c = -(-V // _CHUNK)                                                   # chunks per row
     size = V // c                                                         # terms per chunk
-    sums = np.einsum("ijk->ij", e[:, :c * size].reshape(n, c, size)) @ np.ones(c)  # [n]
+    sums = np.einsum("ijk->ij", e[:, :c * size].reshape(n, c, size)) @ _ones(c)  # [n]
     if c * size < V:  # fewer than c terms left over
         sums += e[:, c * size:].sum(axis=1)
     return sums
 
 
 _CHUNK = 128
+
+
+@functools.lru_cache(maxsize=8)
+def _ones(c: int) -> np.ndarray:
+    """A read-only float64 vector of c ones (the chunk sums are added by one product)."""
+    ones = np.ones(c)
+    ones.flags.writeable = False
+    return ones
 
 
 def kth_largest(x: np.ndarray, k: int) -> np.ndarray:
@@ -79,7 +89,7 @@ def candidate_bounds(value_max: np.ndarray, offset: np.ndarray, x: np.ndarray,
     logprob units.
     """
     if len(item) == batch * k:  # every item has k rows (no beam has finished): [B, k] blocks
-        return np.repeat(value_max.reshape(batch, k).min(axis=1), k)
+        return value_max if k == 1 else np.repeat(value_max.reshape(batch, k).min(axis=1), k)
     rows_of = np.bincount(item, minlength=batch)                          # [B]
     has_rows = np.flatnonzero(rows_of)
     starts = (np.cumsum(rows_of) - rows_of)[has_rows]
@@ -96,10 +106,11 @@ def candidate_bounds(value_max: np.ndarray, offset: np.ndarray, x: np.ndarray,
 
 def at_or_above(x: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """Flat indices, ascending, of the entries of x (n, V) at or above their row's threshold."""
-    if _ROW_BUFFER < x.shape[1] < np.getbufsize():
+    if x.size >= _MANY_ELEMENTS and _ROW_BUFFER < x.shape[1] < np.getbufsize():
         # NumPy copies a per-row operand into a buffer several rows long whenever a row
         # fits its buffer; with rows of 1000 that makes the comparison ~1.5x slower than
-        # running along each row. A smaller buffer, for this call only, avoids the copy.
+        # running along each row. A smaller buffer, for this call only, avoids the copy
+        # (changing it costs more than the copy on a few rows).
         old = np.setbufsize(_ROW_BUFFER)
         try:
             mask = x >= threshold[:, None]
@@ -110,7 +121,8 @@ def at_or_above(x: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
-_ROW_BUFFER = 512  # elements; a multiple of 16, as NumPy requires
+_ROW_BUFFER = 512       # elements; a multiple of 16, as NumPy requires
+_MANY_ELEMENTS = 32768  # from about this many (32 rows of 1000) the smaller buffer pays
 
 
 # Beyond this many survivors of the threshold, sorting them all by the four keys of the tie
