@@ -120,3 +120,19 @@ def test_at_or_above_matches_the_plain_comparison_and_leaves_numpy_settings(V, r
     got = candidates.at_or_above(x, threshold)
     assert np.getbufsize() == before
     np.testing.assert_array_equal(got, np.flatnonzero(x >= threshold[:, None]))
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_one_beam_per_item_takes_each_rows_best(seed, ties):
+    """K = 1: one row per item; its single best token, with the lowest id among equal ones."""
+    rng = np.random.default_rng(seed)
+    batch, V = 6, 30
+    x = rng.integers(-3, 3, size=(batch, V)) if ties else rng.normal(0, 2, size=(batch, V))
+    x = x.astype(np.float32)
+    offset = rng.normal(0, 5, size=batch)
+    item = np.arange(batch)
+    value, row, token = top_candidates(x, x.max(axis=1).astype(np.float64), offset, item, 1,
+                                       batch)
+    for b, want in enumerate(brute_force(x, offset, item, 1, batch)):
+        assert [(value[b, 0], row[b, 0], token[b, 0])] == want

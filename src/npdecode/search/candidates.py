@@ -192,6 +192,9 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
         seq = seq_of_row[seq]
     logit = x.ravel()[flat]
     value = offset[seq] + logit.astype(np.float64)                        # [C]
+    if k == 1 and len(flat) == n == batch and rows is None and banned is None:
+        # One sequence per item, in item order, and one survivor each: its best (K = 1).
+        return value[:, None], seq[:, None], (flat % V)[:, None]
     it = item[seq]
     if len(flat) > _FEW_SURVIVORS:
         # Many survivors (the beams of an item are far apart): group them by item, best value

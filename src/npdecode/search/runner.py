@@ -42,20 +42,31 @@ class CachedRunner:
     def advance(self, parents: np.ndarray, tokens: np.ndarray) -> np.ndarray:
         """New row i = old row ``parents[i]`` + ``tokens[i]``; returns logits (n, V)."""
         logits, rows = self.advance_rows(parents, tokens)
-        return np.take(logits, rows, axis=0)
+        return logits if rows is None else np.take(logits, rows, axis=0)
 
     def advance_rows(self, parents: np.ndarray, tokens: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray]:
         """Like ``advance``, but the logits (n, V) stay in the model's row order: sequence
-        i's are row ``rows[i]``. Saves gathering them when the caller can index instead."""
+        i's are row ``rows[i]`` (``rows`` None: row i). Saves gathering them when the caller
+        can index instead."""
         # The cache keeps rows where they are and copies only forked ones; sequence i lives
         # in cache row perm[i], so tokens go in, and logits come out, through perm.
         self.perm = self.cache.fork(self.perm, parents)
+        n = len(tokens)
+        if n <= _FEW_ROWS and self.perm.tolist() == list(range(n)):
+            # Every sequence is in its own row, in order (K = 1, or no beam moved).
+            self.calls += 1
+            self.rows += n
+            return self.model.extend(np.asarray(tokens)[:, None], self.cache)[:, 0], None
         in_cache_order = np.empty(len(tokens), dtype=np.int64)
         in_cache_order[self.perm] = tokens
         self.calls += 1
         self.rows += len(tokens)
         return self.model.extend(in_cache_order[:, None], self.cache)[:, 0], self.perm
+
+
+# Up to this many rows the runner checks, in plain Python, whether they are in sequence order.
+_FEW_ROWS = 64
 
 
 class RecomputeRunner:
