@@ -125,6 +125,16 @@ def test_top_p_keeps_the_smallest_set_reaching_p_and_at_least_one():
             assert sorted(kept.tolist()) == sorted(order[:size])
 
 
+@pytest.mark.parametrize("size", [1, 5, 12, 23])
+def test_top_p_equal_to_a_running_sum_keeps_exactly_that_many(size):
+    """p exactly the probability of the `size` best tokens: the set stops there (24 equal
+    logits, so the probabilities and their running sums are the same in any order)."""
+    row = np.zeros((1, 24))
+    top_p = np.cumsum(P.softmax(row)[0])[size - 1]
+    kept = np.flatnonzero(np.isfinite(P.top_p_filter(row, top_p)[0]))
+    assert kept.tolist() == list(range(size))   # ties: lowest ids first
+
+
 def test_min_p_keeps_tokens_above_a_fraction_of_the_best():
     for row in X:
         p = softmax(row)
@@ -139,6 +149,16 @@ def test_penalties_subtract_penalty_times_count():
     assert np.array_equal(P.apply_penalties(X, counts, presence=0.7), X - 0.7 * (counts > 0))
     both = P.apply_penalties(X, counts, frequency=0.5, presence=0.7)
     assert np.array_equal(both, X - 0.5 * counts - 0.7 * (counts > 0))
+
+
+@pytest.mark.parametrize("frequency, presence", [(1e308, 0.0), (-1e308, 0.0), (5e307, 1e308)])
+def test_penalties_that_overflow_the_logits_are_an_error(frequency, presence):
+    counts = np.full(X.shape, 2)
+    with pytest.raises(ValueError, match="overflow the logits"):
+        P.apply_penalties(X, counts, frequency=frequency, presence=presence)
+    masked = np.where(np.eye(*X.shape, dtype=bool), -np.inf, X)  # -inf logits stay -inf
+    assert np.array_equal(P.apply_penalties(masked, counts, frequency=2.0),
+                          masked - 2.0 * counts)
 
 
 def test_processors_do_not_modify_their_input():
@@ -287,6 +307,8 @@ def test_a_prompt_gives_the_same_sample_alone_or_in_any_batch():
 def test_an_int_seed_is_every_prompts_seed():
     kw = dict(max_new_tokens=10, temperature=1.0)
     assert same(sample(MODEL, PROMPTS, seed=5, **kw), sample(MODEL, PROMPTS, seed=[5] * 4, **kw))
+    assert same(sample(MODEL, PROMPTS, seed=np.array(5), **kw), sample(MODEL, PROMPTS, seed=5,
+                                                                       **kw))
 
 
 # -- EOS, budgets, finished rows --------------------------------------------------------------

@@ -35,10 +35,16 @@ def apply_penalties(logits: np.ndarray, counts: np.ndarray, *, frequency: float 
     included). Positive penalties discourage repetition; negative ones encourage it.
     """
     x = np.asarray(logits, dtype=np.float64)                 # [N, V]
-    if frequency:
-        x = x - frequency * counts                           # [N, V]
-    if presence:
-        x = x - presence * (counts > 0)                      # [N, V]
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is reported below
+        if frequency:
+            x = x - frequency * counts                       # [N, V]
+        if presence:
+            x = x - presence * (counts > 0)                  # [N, V]
+    finite = np.isfinite(x)
+    if not finite.all() and (~finite & np.isfinite(logits)).any():
+        raise ValueError(f"frequency_penalty={frequency} / presence_penalty={presence} overflow "
+                         f"the logits (a penalized logit became infinite); use penalties of "
+                         f"the size of the logits")
     return x if x is not logits else x.copy()
 
 
@@ -83,7 +89,9 @@ def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
     probs = softmax(x)                                       # [N, V]
     order = np.argsort(-probs, axis=1, kind="stable")        # [N, V] most probable first
     sorted_p = np.take_along_axis(probs, order, axis=1)      # [N, V]
-    before = np.cumsum(sorted_p, axis=1) - sorted_p          # [N, V] mass of better tokens
+    before = np.zeros_like(sorted_p)                         # [N, V] mass of better tokens
+    np.cumsum(sorted_p[:, :-1], axis=1, out=before[:, 1:])   # (exclusive: no subtraction's
+                                                             # rounding at the boundary)
     keep_sorted = before < p                                 # [N, V] True for a prefix
     keep = np.empty_like(keep_sorted)
     keep[np.arange(n)[:, None], order] = keep_sorted

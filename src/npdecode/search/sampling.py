@@ -95,6 +95,8 @@ def make_generators(seed: object, n: int) -> list[np.random.Generator]:
     """
     if seed is None:
         return [np.random.default_rng(s) for s in np.random.SeedSequence().spawn(n)]
+    if isinstance(seed, np.ndarray) and seed.ndim == 0:  # a NumPy scalar array: its value
+        seed = seed.item()
     if isinstance(seed, numbers.Integral) and not isinstance(seed, bool):
         seeds = [seed] * n
     elif isinstance(seed, (Sequence, np.ndarray)) and not isinstance(seed, (str, bytes)):
