@@ -123,6 +123,32 @@ def test_bad_model_output_is_reported_with_its_batch_item(fault, match):
         batched_beam_search(Faulty(fault), [[1], [3, 3]], beam_width=1, max_new_tokens=4)
 
 
+def test_wrong_width_logits_name_the_items_that_returned_them():
+    class Narrow(Faulty):  # declares 5 tokens; prompts of length 1 (item 0) get 4 columns
+        def forward(self, ids):
+            logits = super().forward(ids)
+            return logits[:, :4] if np.asarray(ids).shape[1] == 1 else logits
+
+    with pytest.raises(ValueError, match=r"shape \(1, 4\).*batch items \[0\]\); expected \(1, 5\)"):
+        batched_beam_search(Narrow("none"), [[1], [3, 3]], beam_width=1, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("policy", ["pool", "hf"])
+def test_a_length_penalty_that_overflows_float64_is_refused(policy):
+    from npdecode import beam_search
+
+    model = Counting(vocab_size=10, d_model=4, seed=0)
+    for lp in (1100.0, -1100.0):  # 3 ** 1100 overflows; 3 ** -1100 underflows to 0
+        with pytest.raises(ValueError, match=rf"length_penalty={lp} makes len \*\* "):
+            beam_search(model, [[1]], num_beams=2, max_new_tokens=3, length_penalty=lp,
+                        policy=policy)
+    assert model.calls == 0
+    assert beam_search(model, [[1]], num_beams=2, max_new_tokens=3, length_penalty=600.0,
+                       policy=policy)  # 3 ** 600 is about 1e286: still a float
+    refused(Counting(vocab_size=10, d_model=4, seed=0), r"alpha=1100.*\|alpha\| <= 637",
+            alpha=1100)
+
+
 def test_a_model_without_a_vocab_size_is_checked_against_its_logits():
     class Anonymous:
         def forward(self, ids):

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from npdecode import TinyLM, batched_beam_search
 from npdecode.numerics import log_softmax
@@ -18,6 +19,20 @@ def test_logits_of_magnitude_1e4_give_exact_finite_logprobs():
     lp0 = -math.log(1 + math.exp(-1) + math.exp(-2))
     assert res[0].tokens == [0, 0, 0] and abs(res[0].logprob - 3 * lp0) < 1e-9
     assert res[1].tokens == [0, 0, 1] and abs(res[1].logprob - (3 * lp0 - 1)) < 1e-9
+
+
+@pytest.mark.parametrize("big, dtype", [(1e17, np.float64), (1e30, np.float32)])
+def test_huge_equal_logits_keep_their_log_one_half(big, dtype):
+    """Two equal best logits so large that log 2 vanishes next to them: each token still has
+    logprob -log 2 (the normalizer is formed after shifting by the max, not added to it)."""
+    class Huge(FixedLogits):
+        def forward(self, token_ids):
+            return super().forward(token_ids).astype(dtype)
+
+    res = batched_beam_search(Huge([big, big, -big]), [[1]], beam_width=2, max_new_tokens=3)[0]
+    assert [h.tokens for h in res] == [[0, 0, 0], [0, 0, 1]]  # equal: lowest token first
+    for h in res:
+        assert abs(h.logprob - 3 * -math.log(2)) < 1e-12
 
 
 def test_masked_tokens_are_never_chosen_while_real_ones_remain():

@@ -53,7 +53,8 @@ def test_compare_prints_every_strategy_and_consistent_counts(small_models, capsy
         assert text.count(name) >= 3   # two prefixes in table 1, once in table 2 (3 with 3)
     assert "Diversity over 20 prefixes" in text and "Speculative sampling" in text
     # Greedy makes one call per token (a prefill, then one extend per further token).
-    greedy_rows = re.findall(r"│ greedy\s*│[^│]*│\s*(-?[\d.]+)\s*│\s*([\d.]+)\s*│", text)
+    greedy_rows = re.findall(r"│ greedy\s*│[^│]*│\s*(-?[\d.]+)\s*│\s*([\d.]+)\s*│",
+                             text)
     assert [r[1] for r in greedy_rows] == ["1.00", "1.00"]
     # Table 3's counts equal those of direct speculative calls with the same seeds.
     t, d = chargpt.CharGPT.load(target), chargpt.CharGPT.load(draft)

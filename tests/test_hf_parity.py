@@ -266,6 +266,23 @@ def test_options_are_checked():
         beam_search(m, [[C]], num_beams=2, max_new_tokens=2, early_stopping=True)
 
 
+def test_padding_without_an_id_bans_no_token_and_pad_token_id_is_checked():
+    class Loves3:  # token 3, the last id, is the likely next token whatever the context
+        vocab_size = 4
+
+        def forward(self, token_ids):
+            return np.tile(np.log([0.1, 0.1, 0.1, 0.7]), (len(token_ids), 1))
+
+    kw = dict(num_beams=2, max_new_tokens=1, no_repeat_ngram_size=1, policy="hf")
+    alone = beam_search(Loves3(), [[0]], **kw)[0]
+    assert alone[0].tokens == [3]
+    # left-padded next to a longer prompt, with neither pad nor EOS id: nothing more banned
+    assert beam_search(Loves3(), [[0], [1, 2, 0, 1, 0]], **kw)[0] == alone
+    for bad in (-1, 4):
+        with pytest.raises(ValueError, match=f"pad_token_id {bad} is outside"):
+            beam_search(Loves3(), [[0], [1, 2]], pad_token_id=bad, **kw)
+
+
 @pytest.mark.parametrize("policy", ["hf", "pool"])
 def test_bad_input_is_refused_before_decoding(policy):
     m = MarkovLM()

@@ -12,6 +12,9 @@ Tie-breaking (deterministic, and a function of the item alone): at equal score a
 already finished before this step ranks ahead of a new candidate; finished ones keep their
 previous relative order; candidates rank by their parent's place in the pool, then by the
 token's log-probability under the parent (highest first), then by token id (lowest first).
+Candidates of one step all have the same length, so they are compared by their float64
+logprobs: the exact order of their scores, which the division by len ** alpha can round
+into equal values.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import numpy as np
 from npdecode.search.candidates import log_normalizer, top_candidates
 from npdecode.search.ngrams import ngram_ban_mask
 from npdecode.search.runner import make_runner
-from npdecode.search.validate import (check_finite, check_ids, check_int, check_logits,
-                                      check_request)
+from npdecode.search.validate import (check_ids, check_int, check_length_penalty,
+                                      check_logits, check_request)
 
 
 @dataclass(frozen=True)
@@ -110,14 +113,15 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     """
     B, K = state.valid.shape
     item, slot = state.live_slots                                         # [n] each
-    x = logits                                                            # [n, V]
-    x_max = np.asarray(x.max(axis=1) if row_max is None else row_max, dtype=np.float64)  # [n]
-    offset = log_normalizer(x, x_max)                                     # [n] by row
+    x_max = np.asarray(logits.max(axis=1) if row_max is None else row_max,
+                       dtype=np.float64)                                  # [n]
+    # log-softmax = x - lse by row: x is the logits, shifted in rows where they are huge
+    x, x_max, lse = log_normalizer(logits, x_max)                         # [n, V], [n], [n]
     if rows is not None:  # into sequence order
-        x_max, offset = x_max[rows], offset[rows]
+        x_max, lse = x_max[rows], lse[rows]
     # The live slots' logprobs; when every slot is live they are the whole array, in order.
     logprob = state.logprob.ravel() if len(item) == B * K else state.logprob[item, slot]
-    offset = logprob - offset                                             # [n]
+    offset = logprob - lse                                                # [n]
     if banned is not None:  # banned tokens are never chosen; bound the rest
         x = np.where(banned, -np.inf, x)
         x_max = x.max(axis=1).astype(np.float64)
@@ -215,7 +219,7 @@ def batched_beam_search(model, prompts: Sequence[Sequence[int]], *, beam_width: 
     """
     prompts, T, eos, vocab = check_request(model, prompts, max_new_tokens, eos_token_id)
     K = check_int("beam_width", beam_width, minimum=1)
-    alpha = check_finite("alpha", alpha)
+    alpha = check_length_penalty("alpha", alpha, T)
     ngram = check_int("no_repeat_ngram_size", no_repeat_ngram_size, minimum=0)
     if not prompts:
         return []

@@ -31,7 +31,9 @@ uses float32 whatever the model's dtype, so scores agree to ~1e-6 and a near-tie
 could be ordered differently); placeholder and dead beams are -inf rather than -1e9, which
 matters only when fewer than 2K finite candidates exist (vocabulary smaller than 2K, or n-gram
 bans removing almost every token: an item whose candidates are all banned returns fewer
-hypotheses, possibly none, where transformers returns placeholders scored about -1e9); and
+hypotheses, possibly none, where transformers returns placeholders scored about -1e9; and
+when real scores fall below -1e9, as with a very negative length_penalty on long
+hypotheses, transformers takes its placeholders for real entries and may return them); and
 with ``num_beams=1`` transformers switches to greedy search, whereas this runs the beam
 algorithm with K = 1.
 
@@ -41,7 +43,6 @@ Ties (equal scores) are broken deterministically and per item: candidates by low
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -51,8 +52,8 @@ from npdecode.numerics import log_softmax
 from npdecode.search.beam import Hypothesis, batched_beam_search
 from npdecode.search.ngrams import ngram_ban_mask
 from npdecode.search.runner import make_runner
-from npdecode.search.validate import (check_finite, check_ids, check_int, check_logits,
-                                      check_request)
+from npdecode.search.validate import (check_eos, check_ids, check_int, check_length_penalty,
+                                      check_logits, check_request)
 
 POLICIES = ("pool", "hf")
 
@@ -94,11 +95,11 @@ def beam_search(model, prompts: Sequence[Sequence[int]], *, num_beams: int,
     if n_ret > K:
         raise ValueError(f"num_return_sequences ({n_ret}) cannot exceed num_beams ({K}); "
                          f"raise num_beams or ask for fewer sequences")
-    if pad_token_id is not None and (isinstance(pad_token_id, bool)
-                                     or not isinstance(pad_token_id, numbers.Integral)):
-        raise ValueError(f"pad_token_id must be an integer id or None, got {pad_token_id!r}")
+    check_eos(pad_token_id, None, name="pad_token_id")  # its range: once V is known
     if policy == "pool":
-        check_finite("length_penalty", length_penalty)  # named as the caller named it
+        # named as the caller named them
+        check_length_penalty("length_penalty", length_penalty,
+                             check_int("max_new_tokens", max_new_tokens, minimum=0))
         if early_stopping == "never" or bool(early_stopping) or pad_token_id is not None:
             raise ValueError("early_stopping and pad_token_id apply to policy='hf' only; the "
                              "pool policy stops exactly when every pool is finished")
@@ -229,7 +230,8 @@ def hf_beam_search(model, prompts: Sequence[Sequence[int]], *, num_beams: int,
     """transformers 5.x beam search (see the module doc); arguments as :func:`beam_search`."""
     prompts, T, eos, vocab = check_request(model, prompts, max_new_tokens, eos_token_id)
     K = check_int("num_beams", num_beams, minimum=1)
-    lp_exp = check_finite("length_penalty", length_penalty)
+    lp_exp = check_length_penalty("length_penalty", length_penalty, T)
+    pad_token_id = check_eos(pad_token_id, vocab, name="pad_token_id")
     ngram = check_int("no_repeat_ngram_size", no_repeat_ngram_size, minimum=0)
     if not prompts:
         return []
@@ -249,6 +251,7 @@ def hf_beam_search(model, prompts: Sequence[Sequence[int]], *, num_beams: int,
         if vocab is None:  # a model that does not declare its vocabulary: read it off the logits
             vocab = logits.shape[1]
             check_ids(prompts, eos, vocab)
+            check_eos(pad_token_id, vocab, name="pad_token_id")
         V = vocab
         logp = log_softmax(logits)                                       # [n, V] float64
         if ngram:

@@ -18,27 +18,31 @@ import numpy as np
 _UNSHIFTED_RANGE = {np.dtype(np.float32): (-40.0, 40.0), np.dtype(np.float64): (-600.0, 600.0)}
 
 
-def log_normalizer(logits: np.ndarray, row_max: np.ndarray) -> np.ndarray:
-    """log(sum(exp(logits))) per row (n,) as float64, given the row maxima (n,).
+def log_normalizer(logits: np.ndarray, row_max: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Log-softmax in parts: (x, x_max, lse) with ``log_softmax(logits) = x - lse`` per row.
+
+    ``x`` is ``logits`` less a per-row shift (the same array when no row is shifted),
+    ``x_max`` (n,) its row maxima and ``lse`` (n,) log(sum(exp(x))) per row, both float64,
+    given the row maxima (n,) of ``logits``. A row whose max is moderate is exponentiated as
+    it is (one pass fewer when every row is; the relative error of each exponential is the
+    same either way); any other row is shifted by its max first, so that neither exp
+    overflows nor the logprobs of huge logits vanish in the rounding of a huge normalizer.
+    The choice is made row by row, so a row's result never depends on the other rows.
 
     Float64 logits are normalized in float64. Float32 logits are exponentiated and summed
-    (pairwise) in float32 and the log taken in float64: the error, a few 1e-7, is the size of
-    the rounding already in a float32 model's logits, and the passes over (n, V) cost half.
-    A row whose max is moderate is exponentiated without first subtracting the max (one
-    pass fewer when every row is; the relative error of each exponential is the same either
-    way); any other row is shifted by its max. The choice is made row by row, so a row's
-    result never depends on the other rows of the batch.
+    (pairwise) in float32 and the log taken in float64: the error, a few 1e-7, is the size
+    of the rounding already in a float32 model's logits, and the passes over (n, V) cost half.
     """
     if logits.dtype not in _UNSHIFTED_RANGE:
         logits = np.asarray(logits, dtype=np.float64)
     low, high = _UNSHIFTED_RANGE[logits.dtype]
     if not len(row_max) or (low < row_max.min() and row_max.max() < high):  # all moderate
-        return np.log(_row_sums(np.exp(logits)))
+        return logits, row_max, np.log(_row_sums(np.exp(logits)))
     moderate = (low < row_max) & (row_max < high)                        # [n]
     shift = np.where(moderate, 0.0, row_max).astype(np.float64)          # [n]
-    e = logits - shift.astype(logits.dtype)[:, None]                     # [n, V]
-    np.exp(e, out=e)
-    return shift + np.log(_row_sums(e))
+    x = logits - shift.astype(logits.dtype)[:, None]                     # [n, V]
+    return x, row_max - shift, np.log(_row_sums(np.exp(x)))
 
 
 def _row_sums(e: np.ndarray) -> np.ndarray:

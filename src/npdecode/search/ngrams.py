@@ -29,5 +29,7 @@ def ngram_ban_mask(seqs: Sequence[np.ndarray], n: int, vocab_size: int) -> np.nd
     if n <= 0:
         return mask
     for i, seq in enumerate(seqs):
-        mask[i, banned_tokens(np.asarray(seq), n)] = True
+        banned = banned_tokens(np.asarray(seq), n)
+        # A padding placeholder outside the vocabulary (-1) is no token: never ban by it.
+        mask[i, banned[(banned >= 0) & (banned < vocab_size)]] = True
     return mask

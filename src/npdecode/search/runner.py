@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from npdecode.models.protocol import is_cached
+from npdecode.models.protocol import is_cached, vocab_size_of
 
 
 class CachedRunner:
@@ -75,6 +75,7 @@ class RecomputeRunner:
     def __init__(self, model, prompts: Sequence[Sequence[int]], *, rows: int = 0,
                  new_tokens: int = 0):
         self.model = model
+        self.vocab = vocab_size_of(model)  # None when the model does not declare it
         self.seqs = [np.asarray(p, dtype=np.int64) for p in prompts]
         self.items = np.arange(len(prompts))  # batch item of each row, for error messages
         self.calls = 0
@@ -103,9 +104,11 @@ class RecomputeRunner:
             self.calls += 1
             self.rows += len(idx)
             items = sorted(set(self.items[idx].tolist()))
-            width = groups[0][1].shape[1] if groups else "V"
+            # The declared vocabulary, else the first group's width, else any.
+            width = self.vocab if self.vocab is not None else (
+                groups[0][1].shape[1] if groups else "V")
             if (logits.ndim != 2 or logits.shape[0] != len(idx)
-                    or (groups and logits.shape[1] != width)):
+                    or (width != "V" and logits.shape[1] != width)):
                 raise ValueError(f"model.forward returned logits of shape {logits.shape} for "
                                  f"{len(idx)} sequences of length {length} (batch items "
                                  f"{items}); expected ({len(idx)}, {width})")

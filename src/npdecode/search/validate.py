@@ -58,15 +58,32 @@ def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int | None) -> l
     return clean
 
 
-def check_eos(eos_token_id: object, vocab_size: int | None) -> int | None:
-    """None, or an integer id inside the vocabulary."""
+def check_eos(eos_token_id: object, vocab_size: int | None, name: str = "eos_token_id"
+              ) -> int | None:
+    """None, or an integer id inside the vocabulary (``name`` is the argument's name)."""
     if eos_token_id is None:
         return None
     if isinstance(eos_token_id, bool) or not isinstance(eos_token_id, numbers.Integral):
-        raise ValueError(f"eos_token_id must be an integer id or None, got {eos_token_id!r}")
+        raise ValueError(f"{name} must be an integer id or None, got {eos_token_id!r}")
     if eos_token_id < 0 or (vocab_size is not None and eos_token_id >= vocab_size):
-        raise ValueError(f"eos_token_id {eos_token_id} is outside the vocabulary [0, {vocab_size})")
+        within = f"[0, {vocab_size})" if vocab_size is not None else "the vocabulary (ids >= 0)"
+        raise ValueError(f"{name} {eos_token_id} is outside {within}")
     return int(eos_token_id)
+
+
+def check_length_penalty(name: str, value: object, max_new_tokens: int) -> float:
+    """A finite exponent for ``len ** value`` that stays a normal float64 for every length
+    up to ``max_new_tokens`` (beyond that, scores overflow to 0 or infinity and stop ranking)."""
+    alpha = check_finite(name, value)
+    if max_new_tokens > 1 and abs(alpha) * math.log(max_new_tokens) > _LOG_PENALTY_LIMIT:
+        limit = _LOG_PENALTY_LIMIT / math.log(max_new_tokens)
+        raise ValueError(f"{name}={value} makes len ** {name} overflow float64 for "
+                         f"lengths up to max_new_tokens={max_new_tokens}; use |{name}| <= "
+                         f"{limit:.4g}")
+    return alpha
+
+
+_LOG_PENALTY_LIMIT = 700.0  # len ** alpha within exp(+-700): finite and normal in float64
 
 
 def check_context(model: object, prompts: list[list[int]], max_new_tokens: int) -> None:
