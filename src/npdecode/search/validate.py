@@ -77,9 +77,9 @@ def check_length_penalty(name: str, value: object, max_new_tokens: int) -> float
     alpha = check_finite(name, value)
     if max_new_tokens > 1 and abs(alpha) * math.log(max_new_tokens) > _LOG_PENALTY_LIMIT:
         limit = _LOG_PENALTY_LIMIT / math.log(max_new_tokens)
-        raise ValueError(f"{name}={value} makes len ** {name} overflow float64 for "
-                         f"lengths up to max_new_tokens={max_new_tokens}; use |{name}| <= "
-                         f"{limit:.4g}")
+        raise ValueError(f"{name}={value} makes len ** {name} overflow or underflow "
+                         f"float64 for lengths up to max_new_tokens={max_new_tokens}; use "
+                         f"|{name}| <= {limit:.4g}")
     return alpha
 
 
