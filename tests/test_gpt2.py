@@ -154,3 +154,74 @@ def test_tokenizer_round_trip(tmp_path):
     assert tok.encode("hello beam search") == [1, 3, 4]
     assert tok.decode([2, 3]) == "world beam"
     assert tok.token_id("<|endoftext|>") == 0 and tok.vocab_size == len(words)
+
+
+def test_a_bfloat16_checkpoint_loads_as_its_exact_float32_values(tmp_path):
+    hf = build_checkpoint(tmp_path / "f32")
+    hf.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    hf = hf.float()  # the bfloat16 weights, widened exactly
+    model = GPT2.from_pretrained(tmp_path / "bf16", dtype=np.float32)
+    np.testing.assert_array_equal(model.wte, hf.transformer.wte.weight.detach().numpy())
+    ours = model.prefill(RAGGED, model.new_cache(len(RAGGED), 12))
+    np.testing.assert_allclose(ours, hf_last_logits(hf, RAGGED, torch.float32), atol=1e-4,
+                               rtol=0)
+
+
+def _edited_checkpoint(tmp_path, edit_weights=None, edit_config=None, tied=True):
+    """A saved random checkpoint with its tensors and/or config.json edited."""
+    import json
+
+    from safetensors.numpy import load_file, save_file
+
+    build_checkpoint(tmp_path, tied=tied)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    if edit_weights:
+        edit_weights(weights)
+        save_file(weights, str(tmp_path / "model.safetensors"))
+    if edit_config:
+        config = json.loads((tmp_path / "config.json").read_text())
+        edit_config(config)
+        (tmp_path / "config.json").write_text(json.dumps(config))
+    return tmp_path
+
+
+def _key(weights, suffix):
+    return next(k for k in weights if k.endswith(suffix))
+
+
+@pytest.mark.parametrize("case, match", [
+    ("extra block", r"blocks 2 \(h\.N\.\*\) beyond the config's n_layer=2"),
+    ("short ln_f bias", r"'ln_f.bias' has shape \(1,\); the config implies \(32,\)"),
+    ("wide positions", r"'wpe.weight' has shape \(40, 33\); the config implies \(40, 32\)"),
+    ("long head", r"'lm_head.weight' has shape \(98, 32\); the config implies \(97, 32\)"),
+    ("not gpt2", r"config.json is for a 'gptj' model"),
+])
+def test_a_checkpoint_that_disagrees_with_its_config_is_refused_at_load(tmp_path, case, match):
+    def edit(w):
+        if case == "extra block":
+            for k in [k for k in w if ".h.1." in k]:
+                w[k.replace(".h.1.", ".h.2.")] = w[k]
+        elif case == "short ln_f bias":
+            w[_key(w, "ln_f.bias")] = w[_key(w, "ln_f.bias")][:1]
+        elif case == "wide positions":
+            wpe = w[_key(w, "wpe.weight")]
+            w[_key(w, "wpe.weight")] = np.concatenate([wpe, wpe[:, :1]], axis=1)
+        elif case == "long head":
+            head = w[_key(w, "lm_head.weight")]
+            w[_key(w, "lm_head.weight")] = np.concatenate([head, head[:1]])
+
+    path = _edited_checkpoint(tmp_path, edit, tied=case != "long head",
+                              edit_config=(lambda c: c.update(model_type="gptj"))
+                              if case == "not gpt2" else None)
+    with pytest.raises(ValueError, match=match):
+        GPT2.from_pretrained(path)
+
+
+@pytest.mark.parametrize("rows", [0, 2, 3])
+def test_extend_with_another_row_count_than_the_cache_is_refused(tmp_path, rows):
+    build_checkpoint(tmp_path)
+    model = GPT2.from_pretrained(tmp_path, dtype=np.float64)
+    cache = model.new_cache(3, 12)
+    model.prefill([[5]], cache)                                           # one sequence
+    with pytest.raises(ValueError, match=f"{rows} rows of tokens for a cache holding 1"):
+        model.extend(np.full((rows, 1), 7), cache)

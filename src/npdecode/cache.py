@@ -88,13 +88,23 @@ class KVCache:
         self.group[:n] = np.arange(n)
         self._changed()
 
-    def positions(self, t: int) -> np.ndarray:
-        """Position ids (n, t) of the next ``t`` tokens of each row (0 = the row's first token)."""
+    def positions(self, t: int, rows: int | None = None) -> np.ndarray:
+        """Position ids (n, t) of the next ``t`` tokens of each row (0 = the row's first token).
+        ``rows``, if given, is how many rows of tokens the caller has: it must be n."""
+        if rows is not None:
+            self._check_rows(rows)
         return self.end[: self.n, None] - self.start[: self.n, None] + np.arange(t)
+
+    def _check_rows(self, rows: int) -> None:
+        if rows != self.n:
+            raise ValueError(f"{rows} rows of tokens for a cache holding {self.n} sequences: a "
+                             f"model call takes one row per sequence in the cache (prefill sets "
+                             f"them, fork or reorder changes them)")
 
     def write(self, layer: int, k: np.ndarray, v: np.ndarray) -> None:
         """Store ``k``, ``v`` of shape (n, H, t, Dh) at each row's next ``t`` slots."""
         n, _, t, _ = k.shape
+        self._check_rows(n)
         if n == 0:
             return
         _, e = self._bounds()

@@ -14,6 +14,7 @@ checkpoint is loaded.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -46,6 +47,9 @@ class GPT2Config:
     @classmethod
     def from_dict(cls, d: Mapping) -> "GPT2Config":
         """Build from a parsed HuggingFace config.json (unknown keys are ignored)."""
+        if d.get("model_type", "gpt2") != "gpt2":
+            raise ValueError(f"config.json is for a {d['model_type']!r} model; GPT2 loads "
+                             f"GPT-2 checkpoints (model_type 'gpt2') only")
         required = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
         missing = [k for k in required if d.get(k) is None]
         if missing:
@@ -134,6 +138,44 @@ def fold_layer_norm(g: np.ndarray, b: np.ndarray, w: np.ndarray, c: np.ndarray,
     return (g[:, None] * w).astype(dtype), (b @ w + c).astype(dtype)
 
 
+def load_safetensors(file: Path) -> dict[str, np.ndarray]:
+    """Every tensor of a .safetensors file as a NumPy array. bfloat16 tensors, which NumPy
+    has no type for, come back as float32 (exactly: bfloat16 is float32's upper half)."""
+    try:
+        from safetensors import safe_open
+    except ImportError as e:  # an optional extra
+        raise ImportError("loading GPT-2 weights needs the safetensors package: "
+                          "pip install 'npdecode[hf]' (or pip install safetensors)") from e
+    with open(file, "rb") as f:  # the header: 8 bytes of length, then JSON
+        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        data_start = f.tell()
+        out = {}
+        with safe_open(str(file), framework="numpy") as st:
+            for name in st.keys():
+                info = header[name]
+                if info["dtype"] != "BF16":
+                    out[name] = st.get_tensor(name)
+                    continue
+                begin, end = info["data_offsets"]
+                f.seek(data_start + begin)
+                half = np.frombuffer(f.read(end - begin), dtype="<u2")
+                out[name] = (half.astype(np.uint32) << 16).view(np.float32).reshape(
+                    info["shape"])
+    return out
+
+
+def _tensor(weights: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...],
+            dtype=None) -> np.ndarray:
+    """weights[name], which must exist with ``shape`` (as the config implies), in ``dtype``."""
+    if name not in weights:
+        raise ValueError(f"checkpoint has no tensor {name!r}")
+    w = np.asarray(weights[name], dtype=dtype)
+    if w.shape != shape:
+        raise ValueError(f"checkpoint tensor {name!r} has shape {w.shape}; the config implies "
+                         f"{shape}: config.json and model.safetensors disagree")
+    return w
+
+
 class GPT2:
     """GPT-2 language model over NumPy arrays.
 
@@ -158,37 +200,33 @@ class GPT2:
         self._eps = c.layer_norm_epsilon
         self._avg = np.full(c.n_embd, 1.0 / c.n_embd, dtype=self.dtype)  # [d] for row means
 
-        def get(name: str) -> np.ndarray:
-            if name not in weights:
-                raise ValueError(f"checkpoint has no tensor {name!r}")
-            return np.asarray(weights[name], dtype=self.dtype)
-
-        self.wte = get("wte.weight")                              # [V, d]
-        self.wpe = get("wpe.weight")                              # [P, d]
+        extra = sorted({k.split(".")[1] for k in weights
+                        if k.startswith("h.") and k.split(".")[1].isdigit()
+                        and int(k.split(".")[1]) >= c.n_layer}, key=int)
+        if extra:
+            raise ValueError(f"checkpoint has blocks {', '.join(extra)} (h.N.*) beyond the "
+                             f"config's n_layer={c.n_layer}: config.json and "
+                             f"model.safetensors disagree")
+        d, V = c.n_embd, c.vocab_size
+        get = functools.partial(_tensor, weights, dtype=self.dtype)
+        self.wte = get("wte.weight", (V, d))                      # [V, d]
+        rows = len(weights["wpe.weight"]) if "wpe.weight" in weights else c.n_positions
+        self.wpe = get("wpe.weight", (max(c.n_positions, rows), d))  # [P, d], P >= positions
         self.blocks = [self._block(weights, i) for i in range(c.n_layer)]
-        self.ln_f = (get("ln_f.weight"), get("ln_f.bias"))        # [d], [d]
+        self.ln_f = (get("ln_f.weight", (d,)), get("ln_f.bias", (d,)))  # [d], [d]
         if c.tie_word_embeddings or "lm_head.weight" not in weights:
             if not c.tie_word_embeddings:
                 raise ValueError("config says the head is untied but lm_head.weight is missing")
             self.lm_head = self.wte.T                             # [d, V]
         else:
-            self.lm_head = np.ascontiguousarray(get("lm_head.weight").T)  # [d, V]
-        if self.wte.shape != (c.vocab_size, c.n_embd) or self.wpe.shape[0] < c.n_positions:
-            raise ValueError(f"embedding shapes {self.wte.shape}, {self.wpe.shape} do not match "
-                             f"the config (vocab {c.vocab_size}, positions {c.n_positions}, "
-                             f"width {c.n_embd})")
+            self.lm_head = np.ascontiguousarray(get("lm_head.weight", (V, d)).T)  # [d, V]
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype=np.float32) -> "GPT2":
         """Load ``path/config.json`` and ``path/model.safetensors`` (HuggingFace layout)."""
-        try:
-            from safetensors.numpy import load_file
-        except ImportError as e:  # an optional extra
-            raise ImportError("loading GPT-2 weights needs the safetensors package: "
-                              "pip install 'npdecode[hf]' (or pip install safetensors)") from e
         path = Path(path)
         config = GPT2Config.from_dict(json.loads((path / "config.json").read_text()))
-        raw = load_file(str(path / "model.safetensors"))
+        raw = load_safetensors(path / "model.safetensors")
         weights = {k.removeprefix("transformer."): v for k, v in raw.items()}
         return cls(config, weights, dtype=dtype)
 
@@ -199,25 +237,28 @@ class GPT2:
         input, so they can go into that layer's weights and bias once at load time, and each
         step only standardizes (see ``fold_layer_norm``).
         """
-        def get(name: str) -> np.ndarray:
-            if f"h.{i}.{name}" not in weights:
-                raise ValueError(f"checkpoint has no tensor 'h.{i}.{name}'")
-            return weights[f"h.{i}.{name}"]
+        d = self.config.n_embd
+        inner = self.config.n_inner or 4 * d
+
+        def get(name: str, shape: tuple[int, ...]) -> np.ndarray:
+            return _tensor(weights, f"h.{i}.{name}", shape)
 
         dt = self.dtype
-        qkv_w, qkv_b = fold_layer_norm(get("ln_1.weight"), get("ln_1.bias"),
-                                       get("attn.c_attn.weight"), get("attn.c_attn.bias"), dt)
-        fc_w, fc_b = fold_layer_norm(get("ln_2.weight"), get("ln_2.bias"),
-                                     get("mlp.c_fc.weight"), get("mlp.c_fc.bias"), dt)
+        qkv_w, qkv_b = fold_layer_norm(get("ln_1.weight", (d,)), get("ln_1.bias", (d,)),
+                                       get("attn.c_attn.weight", (d, 3 * d)),
+                                       get("attn.c_attn.bias", (3 * d,)), dt)
+        fc_w, fc_b = fold_layer_norm(get("ln_2.weight", (d,)), get("ln_2.bias", (d,)),
+                                     get("mlp.c_fc.weight", (d, inner)),
+                                     get("mlp.c_fc.bias", (inner,)), dt)
         return {
             "qkv.w": qkv_w,                                               # [d, 3d] ln_1 folded
             "qkv.b": qkv_b,                                               # [3d]
-            "attn_out.w": np.asarray(get("attn.c_proj.weight"), dtype=dt),  # [d, d]
-            "attn_out.b": np.asarray(get("attn.c_proj.bias"), dtype=dt),    # [d]
+            "attn_out.w": np.asarray(get("attn.c_proj.weight", (d, d)), dtype=dt),  # [d, d]
+            "attn_out.b": np.asarray(get("attn.c_proj.bias", (d,)), dtype=dt),      # [d]
             "fc.w": fc_w,                                                 # [d, 4d] ln_2 folded
             "fc.b": fc_b,                                                 # [4d]
-            "mlp_out.w": np.asarray(get("mlp.c_proj.weight"), dtype=dt),  # [4d, d]
-            "mlp_out.b": np.asarray(get("mlp.c_proj.bias"), dtype=dt),    # [d]
+            "mlp_out.w": np.asarray(get("mlp.c_proj.weight", (inner, d)), dtype=dt),  # [4d, d]
+            "mlp_out.b": np.asarray(get("mlp.c_proj.bias", (d,)), dtype=dt),          # [d]
         }
 
     # -- pieces shared by both paths ------------------------------------------------------
@@ -318,7 +359,7 @@ class GPT2:
         n, t = tokens.shape
         # Each row counts positions from its own first real token; padding slots sit before it
         # (negative positions), are never attended to, and just need a valid embedding row.
-        pos = np.maximum(cache.positions(t), 0)                         # [n, t]
+        pos = np.maximum(cache.positions(t, n), 0)                         # [n, t]
         x = self._embed(tokens, pos)                                    # [n, t, d]
         for i, blk in enumerate(self.blocks):
             q, k, v = self._qkv(blk, x)                                 # [n, H, t, Dh]
