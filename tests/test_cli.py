@@ -107,3 +107,52 @@ def test_a_bad_option_value_is_refused_naming_the_flag(argv, flag, capsys):
         main(argv)
     assert exit_.value.code == 2
     assert f"argument {flag}: must be at least" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("prompt", ["3,,4", "3,", ","])
+def test_a_prompt_with_an_empty_entry_is_refused(prompt, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["beam", "--prompt", prompt])
+    assert exit_.value.code == 2
+    assert "token id" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--beam-width", "0"], "--beam-width must be >= 1"),
+    (["--eos", "1000"], "--eos 1000 is outside [0, 1000) (the vocabulary is set by --vocab-size)"),
+    (["--max-new-tokens", "100000000"], "lower --max-new-tokens, --beam-width"),
+    (["--d-model", "99999999999999999999"], "GiB and this machine has"),
+])
+def test_beam_errors_name_the_options_and_come_before_any_work(argv, says, capsys):
+    assert main(["beam", "--prompt", "3"] + argv) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_refuses_an_unwritable_output_before_training(tmp_path, capsys):
+    (tmp_path / "d.npz").mkdir()
+    assert main(["train", "--output", str(tmp_path / "d.npz"), "--overwrite", "--steps", "1",
+                 "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "is a directory" in captured.err and "training" not in captured.out
+
+
+def test_a_damaged_model_file_is_one_clear_error_line(tmp_path, capsys):
+    from importlib import resources
+
+    src = str(resources.files("npdecode").joinpath("weights", "draft.npz"))
+    data = open(src, "rb").read()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    assert main(["compare", "--target", str(tmp_path / "cut.npz"), "--draft", src]) == 2
+    err = capsys.readouterr().err
+    assert "cut.npz" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_interrupt_is_one_line_and_exit_130(monkeypatch, capsys):
+    from npdecode.cli import beam
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(beam, "run", interrupted)
+    assert main(["beam", "--prompt", "3"]) == 130
+    assert capsys.readouterr().err.strip() == "npdecode beam: interrupted"

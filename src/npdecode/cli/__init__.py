@@ -35,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # bad input or a bad file: one clear line
         print(f"npdecode {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"npdecode {args.command}: error: not enough memory for these settings; lower "
+              f"the sizes asked for (--max-new-tokens, --beam-width, --vocab-size, --d-model, "
+              f"--batch-size ...)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"npdecode {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

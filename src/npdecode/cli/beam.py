@@ -3,24 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 
 from npdecode.cli.render import at_least, console, hypotheses_table
 from npdecode.models.tinylm import TinyLM
-from npdecode.search.beam import batched_beam_search
+from npdecode.search.beam import batched_beam_search, count_hypotheses
 
 
 def token_list(text: str) -> list[int]:
     """'3,14,159' -> [3, 14, 159], with an error that says what was wrong."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a prompt needs at least one token id, e.g. 3,14,159")
     try:
-        ids = [int(part) for part in text.split(",") if part.strip() != ""]
+        return [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of token ids, e.g. 3,14,159") from None
-    if not ids:
-        raise argparse.ArgumentTypeError("a prompt needs at least one token id, e.g. 3,14,159")
-    return ids
+            f"{text!r} is not a comma-separated list of token ids (no empty entries), e.g. "
+            f"3,14,159") from None
+
+
+# The library's argument names, as this command's options.
+OPTIONS = {"beam_width": "--beam-width", "max_new_tokens": "--max-new-tokens",
+           "eos_token_id": "--eos", "no_repeat_ngram_size": "--no-repeat-ngram-size"}
+
+
+def check_memory(args: argparse.Namespace) -> None:
+    """Refuse, before building anything, settings that need more memory than the machine has."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system: no estimate
+        return
+    item = 4 if args.float32 else 8
+    V, d, T = args.vocab_size, args.d_model, max(args.max_new_tokens, 1)
+    rows = len(args.prompt) * count_hypotheses(V, T, cap=max(args.beam_width, 1))
+    slots = max(len(p) for p in args.prompt) + T
+    need = item * (2 * V * d + 12 * d * d        # TinyLM's weights
+                   + 2 * rows * slots * d        # the KV cache
+                   + 3 * rows * V) + 4 * rows * T  # a step's logits; the token histories
+    if need > total:
+        raise ValueError(f"these settings need about {need / 2**30:,.0f} GiB and this machine "
+                         f"has {total / 2**30:,.0f} GiB: lower --max-new-tokens, --beam-width, "
+                         f"--vocab-size or --d-model")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,24 +69,37 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="end-of-sequence token id (default: none)")
     p.add_argument("--no-repeat-ngram-size", type=int, default=0, metavar="N",
                    help="never repeat an n-gram of prompt + generation (default 0: off)")
-    p.add_argument("--vocab-size", type=at_least(1), default=1000,
+    p.add_argument("--vocab-size", type=at_least(1), default=1000, metavar="V",
                    help="TinyLM vocabulary (default 1000)")
-    p.add_argument("--d-model", type=at_least(1), default=64, help="TinyLM width (default 64)")
-    p.add_argument("--seed", type=at_least(0), default=0, help="TinyLM weight seed (default 0)")
+    p.add_argument("--d-model", type=at_least(1), default=64, metavar="D",
+                   help="TinyLM width (default 64)")
+    p.add_argument("--seed", type=at_least(0), default=0, metavar="S",
+                   help="TinyLM weight seed (default 0)")
     p.add_argument("--float32", action="store_true", help="run the model in float32")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    model = TinyLM(args.vocab_size, args.d_model, seed=args.seed,
-                   dtype=np.float32 if args.float32 else np.float64)
-    results = batched_beam_search(model, args.prompt, beam_width=args.beam_width,
-                                  max_new_tokens=args.max_new_tokens, alpha=args.alpha,
-                                  eos_token_id=args.eos,
-                                  no_repeat_ngram_size=args.no_repeat_ngram_size)
+    try:
+        check_memory(args)
+        model = TinyLM(args.vocab_size, args.d_model, seed=args.seed,
+                       dtype=np.float32 if args.float32 else np.float64)
+        results = batched_beam_search(model, args.prompt, beam_width=args.beam_width,
+                                      max_new_tokens=args.max_new_tokens, alpha=args.alpha,
+                                      eos_token_id=args.eos,
+                                      no_repeat_ngram_size=args.no_repeat_ngram_size)
+    except ValueError as err:  # phrased with this command's option names
+        msg = str(err)
+        for name, option in OPTIONS.items():
+            msg = msg.replace(name, option)
+        if "vocab size" in msg or "outside [0," in msg:
+            msg += " (the vocabulary is set by --vocab-size)"
+        raise ValueError(msg) from None
     out = console()
-    out.print(f"TinyLM(vocab_size={args.vocab_size}, d_model={args.d_model}, seed={args.seed}); "
-              f"beam width {args.beam_width}, alpha {args.alpha}, eos {args.eos}")
+    dtype = "float32" if args.float32 else "float64"
+    out.print(f"TinyLM(vocab_size={args.vocab_size}, d_model={args.d_model}, seed={args.seed}, "
+              f"{dtype}); beam width {args.beam_width}, alpha {args.alpha}, "
+              f"eos {args.eos if args.eos is not None else 'none'}")
     for b, (prompt, hyps) in enumerate(zip(args.prompt, results)):
         out.print(hypotheses_table(f"prompt {b}: {','.join(map(str, prompt))}", hyps))
     return 0

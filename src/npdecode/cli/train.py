@@ -108,6 +108,16 @@ def _output_path(args: argparse.Namespace) -> Path:
                          f"--output")
     if not path.parent.is_dir():
         raise ValueError(f"the directory of --output does not exist: {path.parent}")
+    if path.is_dir():
+        raise ValueError(f"--output {path} is a directory; give a file name ending in .npz")
+    existed = path.exists()
+    try:  # find out now, not after training, that the file cannot be written
+        with open(path, "ab"):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write --output {path}: {err.strerror}") from None
+    if not existed:
+        path.unlink()
     return path
 
 
@@ -132,6 +142,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"parameters:       {result.model.num_params:,}")
     print(f"validation loss:  {result.val_loss:.4f} nats/char")
     print(f"bigram baseline:  {baseline:.4f} nats/char (add-one smoothing)")
+    uniform = math.log(result.model.config.vocab_size)
+    if not result.val_loss < uniform:  # worse than guessing every character alike
+        print(f"warning: the validation loss is above {uniform:.2f} nats/char, that of guessing "
+              f"every character alike: training diverged or did not learn; try a lower --lr "
+              f"or more --steps")
     print(f"training time:    {seconds:.0f} s")
     print(f"wrote {path}")
     return 0

@@ -12,6 +12,8 @@ cached path and agree with it to 1e-10 in float64.
 from __future__ import annotations
 
 import json
+import zipfile
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -239,12 +241,16 @@ class CharGPT:
             archive = np.load(path, allow_pickle=False)
         except OSError as err:
             raise ValueError(f"cannot read a CharGPT model from {path}: {err}") from None
-        except ValueError:
+        except (ValueError, zipfile.BadZipFile):
             raise ValueError(f"{path} is not an .npz archive written by CharGPT.save") from None
-        with archive as f:
-            if "config" not in f.files:
-                raise ValueError(f"{path} holds no CharGPT config; was it written by "
-                                 f"CharGPT.save?")
-            config = CharGPTConfig(**json.loads(str(f["config"])))
-            params = {name: f[name] for name in f.files if name != "config"}
+        try:
+            with archive as f:
+                if "config" not in f.files:
+                    raise ValueError(f"{path} holds no CharGPT config; was it written by "
+                                     f"CharGPT.save?")
+                config = CharGPTConfig(**json.loads(str(f["config"])))
+                params = {name: f[name] for name in f.files if name != "config"}
+        except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+            raise ValueError(f"{path} is damaged (a truncated or corrupt .npz archive: "
+                             f"{err})") from None
         return cls(config, params, dtype=dtype)
