@@ -169,3 +169,17 @@ def test_fork_of_rows_with_nothing_filled_yet():
     new_perm = cache.fork(np.arange(2), np.array([0, 0, 1]))
     assert sorted(new_perm.tolist()) == [0, 1, 2] and cache.n == 3
     assert new_perm[0] == 0 and new_perm[2] == 1  # first children keep their rows
+
+
+@pytest.mark.parametrize("make", ["tinylm", "chargpt"])
+@pytest.mark.parametrize("bad", [-1, 10**6])
+def test_token_ids_outside_the_vocabulary_are_refused_not_wrapped(make, bad):
+    from npdecode.models.pretrained import load_draft
+
+    model = TinyLM(vocab_size=10, d_model=4, seed=0) if make == "tinylm" else load_draft()
+    with pytest.raises(ValueError, match=rf"token ids must be in \[0, {model.vocab_size}\)"):
+        model.forward(np.array([[1, bad]]))
+    cache = model.new_cache(1, 8)
+    model.prefill([[1, 2]], cache)
+    with pytest.raises(ValueError, match=f"got {bad}"):
+        model.extend(np.array([[bad]]), cache)

@@ -22,7 +22,7 @@ import numpy as np
 
 from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
-from npdecode.models.protocol import left_pad
+from npdecode.models.protocol import check_token_ids, left_pad
 
 EPS = 1e-5  # RMSNorm: keeps 1/rms finite for an all-zero vector
 
@@ -184,8 +184,7 @@ class CharGPT:
         if ids.shape[1] > self.max_context:
             raise ValueError(f"sequences of {ids.shape[1]} tokens exceed the model's context "
                              f"of {self.max_context}")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
+        check_token_ids(ids, self.vocab_size)
         return ids
 
     # -- the cached protocol --------------------------------------------------------------
@@ -205,6 +204,7 @@ class CharGPT:
     def extend(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
         """Append tokens (n, t) to cache rows 0..n-1; return their logits (n, t, V)."""
         tokens = np.asarray(tokens)
+        check_token_ids(tokens, self.vocab_size)
         cfg, p = self.config, self.params
         n, t = tokens.shape
         H, Dh = cfg.n_heads, cfg.head_dim

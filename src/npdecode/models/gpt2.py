@@ -25,7 +25,7 @@ import numpy as np
 
 from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
-from npdecode.models.protocol import left_pad
+from npdecode.models.protocol import check_token_ids, left_pad
 
 
 @dataclass(frozen=True)
@@ -307,8 +307,7 @@ class GPT2:
         return (h @ self.lm_head).reshape(*x.shape[:-1], self.vocab_size)  # [..., V]
 
     def _embed(self, ids: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
+        check_token_ids(ids, self.vocab_size)
         if pos.size and pos.max() >= self.max_context:
             raise ValueError(f"position {int(pos.max())} is beyond the model's context of "
                              f"{self.max_context} tokens")

@@ -55,6 +55,13 @@ def is_cached(model: object) -> bool:
     return all(callable(getattr(model, name, None)) for name in ("new_cache", "prefill", "extend"))
 
 
+def check_token_ids(ids: np.ndarray, vocab_size: int) -> None:
+    """Refuse token ids outside [0, vocab_size) (NumPy indexing would wrap negative ones)."""
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+        raise ValueError(f"token ids must be in [0, {vocab_size}), got {bad}")
+
+
 def vocab_size_of(model: object) -> int | None:
     """The model's vocabulary size if it declares one, else None (read from its logits)."""
     v = getattr(model, "vocab_size", None)
