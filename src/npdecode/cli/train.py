@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
               f"({longest} predictions); long names are cut into windows")
     print(f"training {args.model} recipe: d_model={config.d_model} layers={config.n_layers} "
           f"heads={config.n_heads} d_ff={config.d_ff} context={config.max_context}, "
-          f"{steps} step{'s' if steps != 1 else ''} x {batch} names, lr {lr:g}, weight decay {wd:g}, seed {args.seed}")
+          f"{steps} step{'s' if steps != 1 else ''} x {batch} names, lr {lr:g}, "
+          f"weight decay {wd:g}, seed {args.seed}")
     t0 = time.perf_counter()
     result = _train_with_progress(config, steps, batch, lr, wd, args, names)
     seconds = time.perf_counter() - t0
