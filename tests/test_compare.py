@@ -73,12 +73,27 @@ def test_compare_prints_every_strategy_and_consistent_counts(small_models, capsy
 @pytest.mark.parametrize("argv, match", [
     (["--prefixes", "Em", "jo"], "not in the vocabulary"),
     (["--prefixes", "abcdefghijklmnop", "jo"], "context"),
-    (["--repeats", "0"], "repeats"),
 ])
 def test_bad_input_is_refused(small_models, argv, match):
     target, draft = small_models
     args = parse(["--target", str(target), "--draft", str(draft), *argv])
     with pytest.raises(ValueError, match=match):
+        args.func(args)
+
+
+@pytest.mark.parametrize("argv", [["--repeats", "0"], ["--seed", "-1"]])
+def test_bad_numbers_are_refused_by_the_parser_naming_the_flag(argv, capsys):
+    with pytest.raises(SystemExit):
+        parse(argv)
+    assert f"argument {argv[0]}: must be at least" in capsys.readouterr().err
+
+
+def test_a_draft_with_a_shorter_context_than_the_target_is_refused(small_models, tmp_path):
+    target, _ = small_models
+    short = chargpt.CharGPTConfig(max_context=4, d_model=16, n_layers=1, n_heads=2, d_ff=32)
+    chargpt.CharGPT.init(short, seed=3).save(tmp_path / "short.npz")
+    args = parse(["--target", str(target), "--draft", str(tmp_path / "short.npz")])
+    with pytest.raises(ValueError, match=r"the draft's context \(4 tokens\) is shorter"):
         args.func(args)
 
 

@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from npdecode.cli.render import at_least
 from npdecode.models.chars import EOS, decode, encode
 from npdecode.search.beam import batched_beam_search
 from npdecode.search.sampling import greedy, sample
@@ -167,9 +168,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prefixes", nargs=2, default=["em", "jo"], metavar="PREFIX",
                    help="two name prefixes (lowercase a-z) for the first table; default: em jo")
-    p.add_argument("--seed", type=int, default=0, metavar="N",
+    p.add_argument("--seed", type=at_least(0), default=0, metavar="N",
                    help="seed of prefix i is N + i, for every sampling strategy; default: 0")
-    p.add_argument("--repeats", type=int, default=3, metavar="N",
+    p.add_argument("--repeats", type=at_least(1), default=3, metavar="N",
                    help="timing runs; the median is reported; default: 3")
     p.add_argument("--target", type=Path, metavar="PATH",
                    help="a CharGPT .npz to use as the target instead of the shipped one")
@@ -258,12 +259,14 @@ def run(args: argparse.Namespace) -> int:
         from rich.table import Table
     except ImportError:
         raise ValueError("compare prints rich tables; install rich (pip install 'npdecode[cli]')")
-    if args.seed < 0 or args.repeats < 1:
-        raise ValueError(f"--seed must be >= 0 and --repeats >= 1, got {args.seed}, "
-                         f"{args.repeats}")
     for prefix in args.prefixes:
         encode(prefix)  # ValueError naming a character outside a-z
     target, draft = load_models(args)
+    if draft.max_context < target.max_context:
+        raise ValueError(f"the draft's context ({draft.max_context} tokens) is shorter than the "
+                         f"target's ({target.max_context}): speculative decoding runs the draft "
+                         f"as far as the target; give a --draft with a context of at least "
+                         f"{target.max_context}")
     for prefix in args.prefixes:
         if budget(target, [encode(prefix)]) < 1:
             raise ValueError(f"prefix {prefix!r} fills the model's context of "
