@@ -210,7 +210,7 @@ class CharGPT:
         H, Dh = cfg.n_heads, cfg.head_dim
         # Positions count from each row's first real token; left-padding slots come out
         # negative and are clipped to 0 (they are never attended to, so any value works).
-        pos = np.maximum(cache.positions(t, n), 0)                        # [n, t]
+        pos = np.maximum(cache.positions(t, n), 0)                     # [n, t]
         if pos.size and pos.max() >= self.max_context:
             raise ValueError(f"a sequence would reach position {int(pos.max())}, beyond the "
                              f"model's context of {self.max_context} tokens")

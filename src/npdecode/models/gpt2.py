@@ -358,7 +358,7 @@ class GPT2:
         n, t = tokens.shape
         # Each row counts positions from its own first real token; padding slots sit before it
         # (negative positions), are never attended to, and just need a valid embedding row.
-        pos = np.maximum(cache.positions(t, n), 0)                         # [n, t]
+        pos = np.maximum(cache.positions(t, n), 0)                      # [n, t]
         x = self._embed(tokens, pos)                                    # [n, t, d]
         for i, blk in enumerate(self.blocks):
             q, k, v = self._qkv(blk, x)                                 # [n, H, t, Dh]
