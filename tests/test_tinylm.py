@@ -177,8 +177,10 @@ def test_token_ids_outside_the_vocabulary_are_refused_not_wrapped(make, bad):
     from npdecode.models.pretrained import load_draft
 
     model = TinyLM(vocab_size=10, d_model=4, seed=0) if make == "tinylm" else load_draft()
-    with pytest.raises(ValueError, match=rf"token ids must be in \[0, {model.vocab_size}\)"):
-        model.forward(np.array([[1, bad]]))
+    for ids in ([[1, bad]], [[1] * 70 + [bad]]):  # few ids, and more than 64
+        with pytest.raises(ValueError, match=rf"must be in \[0, {model.vocab_size}\), got {bad}"):
+            model.forward(np.array(ids)[:, -model.max_context:] if make == "chargpt"
+                          else np.array(ids))
     cache = model.new_cache(1, 8)
     model.prefill([[1, 2]], cache)
     with pytest.raises(ValueError, match=f"got {bad}"):

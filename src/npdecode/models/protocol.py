@@ -57,9 +57,15 @@ def is_cached(model: object) -> bool:
 
 def check_token_ids(ids: np.ndarray, vocab_size: int) -> None:
     """Refuse token ids outside [0, vocab_size) (NumPy indexing would wrap negative ones)."""
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-        bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
-        raise ValueError(f"token ids must be in [0, {vocab_size}), got {bad}")
+    if not ids.size:
+        return
+    if ids.size <= 64:  # a decoding step's few ids: plain Python is cheaper than two reductions
+        flat = ids.ravel().tolist()
+        lo, hi = min(flat), max(flat)
+    else:
+        lo, hi = ids.min(), ids.max()
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"token ids must be in [0, {vocab_size}), got {int(lo if lo < 0 else hi)}")
 
 
 def vocab_size_of(model: object) -> int | None:
