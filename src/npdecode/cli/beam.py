@@ -80,14 +80,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    out = console()
     try:
         check_memory(args)
         model = TinyLM(args.vocab_size, args.d_model, seed=args.seed,
                        dtype=np.float32 if args.float32 else np.float64)
-        results = batched_beam_search(model, args.prompt, beam_width=args.beam_width,
-                                      max_new_tokens=args.max_new_tokens, alpha=args.alpha,
-                                      eos_token_id=args.eos,
-                                      no_repeat_ngram_size=args.no_repeat_ngram_size)
+        # A spinner while the search runs (shown on a terminal only; a long search can take
+        # minutes, and the tables come at the end).
+        with out.status(f"beam search: {len(args.prompt)} prompt(s), width {args.beam_width}, "
+                        f"up to {args.max_new_tokens} new tokens"):
+            results = batched_beam_search(model, args.prompt, beam_width=args.beam_width,
+                                          max_new_tokens=args.max_new_tokens, alpha=args.alpha,
+                                          eos_token_id=args.eos,
+                                          no_repeat_ngram_size=args.no_repeat_ngram_size)
     except ValueError as err:  # phrased with this command's option names
         msg = str(err)
         for name, option in OPTIONS.items():
@@ -95,7 +100,6 @@ def run(args: argparse.Namespace) -> int:
         if "vocab size" in msg or "outside [0," in msg:
             msg += " (the vocabulary is set by --vocab-size)"
         raise ValueError(msg) from None
-    out = console()
     dtype = "float32" if args.float32 else "float64"
     out.print(f"TinyLM(vocab_size={args.vocab_size}, d_model={args.d_model}, seed={args.seed}, "
               f"{dtype}); beam width {args.beam_width}, alpha {args.alpha}, "
