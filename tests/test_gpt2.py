@@ -225,3 +225,9 @@ def test_extend_with_another_row_count_than_the_cache_is_refused(tmp_path, rows)
     model.prefill([[5]], cache)                                           # one sequence
     with pytest.raises(ValueError, match=f"{rows} rows of tokens for a cache holding 1"):
         model.extend(np.full((rows, 1), 7), cache)
+
+
+def test_gpt2_computes_in_float32_or_float64_only(tmp_path):
+    build_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+        GPT2.from_pretrained(tmp_path, dtype=np.float16)

@@ -185,3 +185,13 @@ def test_token_ids_outside_the_vocabulary_are_refused_not_wrapped(make, bad):
     model.prefill([[1, 2]], cache)
     with pytest.raises(ValueError, match=f"got {bad}"):
         model.extend(np.array([[bad]]), cache)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int32, "complex128", "nonsense", None])
+def test_models_compute_in_float32_or_float64_only(dtype):
+    from npdecode.models.pretrained import load_draft
+
+    with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+        TinyLM(vocab_size=10, d_model=4, seed=0, dtype=dtype)
+    with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+        load_draft(dtype=dtype)

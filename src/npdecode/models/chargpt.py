@@ -22,7 +22,7 @@ import numpy as np
 
 from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
-from npdecode.models.protocol import check_token_ids, left_pad
+from npdecode.models.protocol import check_token_ids, left_pad, model_dtype
 
 EPS = 1e-5  # RMSNorm: keeps 1/rms finite for an all-zero vector
 
@@ -115,9 +115,7 @@ class CharGPT:
     def __init__(self, config: CharGPTConfig, params: dict[str, np.ndarray], *,
                  dtype=np.float64):
         self.config = config
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in (np.float32, np.float64):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.dtype = model_dtype(dtype)
         shapes = param_shapes(config)
         if set(params) != set(shapes):
             missing, extra = set(shapes) - set(params), set(params) - set(shapes)

@@ -25,7 +25,7 @@ import numpy as np
 
 from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
-from npdecode.models.protocol import check_token_ids, left_pad
+from npdecode.models.protocol import check_token_ids, left_pad, model_dtype
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,7 @@ class GPT2:
             raise ValueError(f"activation_function {c.activation_function!r} is not supported; "
                              f"choose one of {sorted(ACTIVATIONS)}")
         self.config = c
-        self.dtype = np.dtype(dtype)
+        self.dtype = model_dtype(dtype)
         self.vocab_size = c.vocab_size
         self.max_context = c.n_positions  # learned positions: nothing beyond them exists
         self.head_dim = c.n_embd // c.n_head
@@ -225,6 +225,7 @@ class GPT2:
     def from_pretrained(cls, path: str | Path, dtype=np.float32) -> "GPT2":
         """Load ``path/config.json`` and ``path/model.safetensors`` (HuggingFace layout)."""
         path = Path(path)
+        model_dtype(dtype)  # refused before anything is read
         config = GPT2Config.from_dict(json.loads((path / "config.json").read_text()))
         raw = load_safetensors(path / "model.safetensors")
         weights = {k.removeprefix("transformer."): v for k, v in raw.items()}

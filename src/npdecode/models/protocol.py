@@ -55,6 +55,17 @@ def is_cached(model: object) -> bool:
     return all(callable(getattr(model, name, None)) for name in ("new_cache", "prefill", "extend"))
 
 
+def model_dtype(dtype: object) -> np.dtype:
+    """float32 or float64, the precisions the models compute in; anything else is refused."""
+    try:
+        dt = np.dtype(dtype) if dtype is not None else None  # np.dtype(None) is float64
+    except TypeError:
+        dt = None
+    if dt is None or dt.name not in ("float32", "float64"):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return dt
+
+
 def check_token_ids(ids: np.ndarray, vocab_size: int) -> None:
     """Refuse token ids outside [0, vocab_size) (NumPy indexing would wrap negative ones)."""
     if not ids.size:

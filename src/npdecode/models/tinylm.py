@@ -13,7 +13,7 @@ import numpy as np
 
 from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
-from npdecode.models.protocol import check_token_ids, left_pad
+from npdecode.models.protocol import check_token_ids, left_pad, model_dtype
 
 
 class TinyLM:
@@ -31,7 +31,7 @@ class TinyLM:
             raise ValueError(f"vocab_size and d_model must be >= 1, got {vocab_size}, {d_model}")
         self.vocab_size = vocab_size
         self.d_model = d_model
-        self.dtype = np.dtype(dtype)
+        self.dtype = model_dtype(dtype)
         rng = np.random.default_rng(seed)
         s = 1 / np.sqrt(d_model)
         d, v = d_model, vocab_size
