@@ -35,6 +35,23 @@ def test_huge_equal_logits_keep_their_log_one_half(big, dtype):
         assert abs(h.logprob - 3 * -math.log(2)) < 1e-12
 
 
+def test_float32_logits_far_below_a_huge_max_keep_their_own_values():
+    """A row shifted by its max (100, beyond float32's unshifted range): the logprobs of
+    tokens far below it are formed from their own logits in float64, so two logits that
+    differ in their last bits keep their order (a float32 shift would round them equal)."""
+    class Float32(FixedLogits):
+        def forward(self, token_ids):
+            return super().forward(token_ids).astype(np.float32)
+
+    row = np.array([100.0, 0.0, -60.12345886230469, -60.12345504760742], dtype=np.float32)
+    x = row.astype(np.float64)
+    exact = x - (x.max() + math.log(math.fsum(np.exp(x - x.max()))))
+    res = batched_beam_search(Float32(row), [[1]], beam_width=4, max_new_tokens=1)[0]
+    assert [h.tokens for h in res] == [[0], [1], [3], [2]]
+    assert [h.logprob for h in res] == pytest.approx([exact[t] for t in (0, 1, 3, 2)],
+                                                     abs=1e-12, rel=0)
+
+
 def test_masked_tokens_are_never_chosen_while_real_ones_remain():
     row = np.array([0.5, -np.inf, 1.0, -np.inf, 0.2, 0.1])
     model = FixedLogits(row)

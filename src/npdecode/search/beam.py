@@ -113,24 +113,27 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     """
     B, K = state.valid.shape
     item, slot = state.live_slots                                         # [n] each
-    x_max = np.asarray(logits.max(axis=1) if row_max is None else row_max,
-                       dtype=np.float64)                                  # [n]
-    # log-softmax = x - lse by row: x is the logits, shifted in rows where they are huge
-    x, x_max, lse = log_normalizer(logits, x_max)                         # [n, V], [n], [n]
+    x = logits                                                            # [n, V]
+    x_max = np.asarray(x.max(axis=1) if row_max is None else row_max, dtype=np.float64)  # [n]
+    # log-softmax = (x - shift) - lse by row (shift None: 0; rows with huge logits shift)
+    shift, lse = log_normalizer(x, x_max)                                 # [n] each
+    if shift is not None:
+        x_max = x_max - shift
     if rows is not None:  # into sequence order
         x_max, lse = x_max[rows], lse[rows]
+        shift = None if shift is None else shift[rows]
     # The live slots' logprobs; when every slot is live they are the whole array, in order.
     logprob = state.logprob.ravel() if len(item) == B * K else state.logprob[item, slot]
     offset = logprob - lse                                                # [n]
     if banned is not None:  # banned tokens are never chosen; bound the rest
         x = np.where(banned, -np.inf, x)
-        x_max = x.max(axis=1).astype(np.float64)
+        x_max = x.max(axis=1).astype(np.float64) - (0.0 if shift is None else shift)
 
     # Only an item's K best candidates can enter its pool: every unfinished hypothesis of an
     # item has the same length, so candidates rank by logprob alone. These K are always among
     # each beam's top 2K tokens (the textbook candidate set), so the result is the same.
     cand_logprob, cand_seq, cand_token = top_candidates(x, x_max, offset, item, K, B,
-                                                        banned, rows)            # [B, k]
+                                                        banned, rows, shift)     # [B, k]
     cand_ok = cand_seq >= 0
     cand_slot = slot[cand_seq]  # where cand_seq is -1 this is junk, never used (not ok)
     cand_score = cand_logprob / float(step + 1) ** alpha

@@ -19,16 +19,15 @@ _UNSHIFTED_RANGE = {np.dtype(np.float32): (-40.0, 40.0), np.dtype(np.float64): (
 
 
 def log_normalizer(logits: np.ndarray, row_max: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Log-softmax in parts: (x, x_max, lse) with ``log_softmax(logits) = x - lse`` per row.
+                   ) -> tuple[np.ndarray | None, np.ndarray]:
+    """log(sum(exp(logits))) per row, in two parts: (shift, lse), with the normalizer equal to
+    ``shift + lse`` (shift None: 0 for every row); both (n,) float64.
 
-    ``x`` is ``logits`` less a per-row shift (the same array when no row is shifted),
-    ``x_max`` (n,) its row maxima and ``lse`` (n,) log(sum(exp(x))) per row, both float64,
-    given the row maxima (n,) of ``logits``. A row whose max is moderate is exponentiated as
-    it is (one pass fewer when every row is; the relative error of each exponential is the
-    same either way); any other row is shifted by its max first, so that neither exp
-    overflows nor the logprobs of huge logits vanish in the rounding of a huge normalizer.
-    The choice is made row by row, so a row's result never depends on the other rows.
+    A row whose max is moderate is exponentiated as it is (one pass fewer when every row is;
+    the relative error of each exponential is the same either way); any other row is shifted
+    by its max first. The caller keeps the parts apart and forms a logprob as
+    ``(logit - shift) - lse``: with huge logits, ``shift + lse`` would round lse away. The
+    choice is made row by row, so a row's result never depends on the other rows.
 
     Float64 logits are normalized in float64. Float32 logits are exponentiated and summed
     (pairwise) in float32 and the log taken in float64: the error, a few 1e-7, is the size
@@ -38,11 +37,12 @@ def log_normalizer(logits: np.ndarray, row_max: np.ndarray
         logits = np.asarray(logits, dtype=np.float64)
     low, high = _UNSHIFTED_RANGE[logits.dtype]
     if not len(row_max) or (low < row_max.min() and row_max.max() < high):  # all moderate
-        return logits, row_max, np.log(_row_sums(np.exp(logits)))
+        return None, np.log(_row_sums(np.exp(logits)))
     moderate = (low < row_max) & (row_max < high)                        # [n]
     shift = np.where(moderate, 0.0, row_max).astype(np.float64)          # [n]
-    x = logits - shift.astype(logits.dtype)[:, None]                     # [n, V]
-    return x, row_max - shift, np.log(_row_sums(np.exp(x)))
+    e = logits - shift.astype(logits.dtype)[:, None]                     # [n, V]
+    np.exp(e, out=e)
+    return shift, np.log(_row_sums(e))
 
 
 def _row_sums(e: np.ndarray) -> np.ndarray:
@@ -80,8 +80,8 @@ def kth_largest(x: np.ndarray, k: int) -> np.ndarray:
 
 
 def candidate_bounds(value_max: np.ndarray, offset: np.ndarray, x: np.ndarray,
-                     item: np.ndarray, k: int, batch: int,
-                     rows: np.ndarray | None = None) -> np.ndarray:
+                     item: np.ndarray, k: int, batch: int, rows: np.ndarray | None = None,
+                     shift: np.ndarray | None = None) -> np.ndarray:
     """A per-row threshold on candidate logprobs that each item's top-k candidates all pass.
 
     ``value_max[r]`` is row r's best candidate and ``offset[r]`` the logprob its candidates
@@ -89,8 +89,8 @@ def candidate_bounds(value_max: np.ndarray, offset: np.ndarray, x: np.ndarray,
     item never has more than k rows (its pool holds k). With exactly k rows, their k best
     candidates are k distinct candidates, so the worst of them bounds the item's k-th best
     from below. With fewer rows, each row's own k-th best candidate bounds it the same way.
-    Row r's logits are ``x[rows[r]]`` (default: ``x[r]``). Returns (n,) thresholds in
-    logprob units.
+    Row r's logits are ``x[rows[r]]`` (default: ``x[r]``), less ``shift[r]`` (if given).
+    Returns (n,) thresholds in logprob units.
     """
     if len(item) == batch * k:  # every item has k rows (no beam has finished): [B, k] blocks
         return value_max if k == 1 else np.repeat(value_max.reshape(batch, k).min(axis=1), k)
@@ -104,7 +104,8 @@ def candidate_bounds(value_max: np.ndarray, offset: np.ndarray, x: np.ndarray,
     if few.any():
         k_row = min(k, x.shape[1])  # a row cannot offer more candidates than the vocabulary
         few_x = x[few] if rows is None else x[rows[few]]
-        bound[few] = kth_largest(few_x, k_row) + offset[few]
+        kth = kth_largest(few_x, k_row).astype(np.float64)
+        bound[few] = offset[few] + (kth if shift is None else kth - shift[few])
     return bound
 
 
@@ -154,12 +155,14 @@ _INT16_MAX = int(np.iinfo(np.int16).max)
 
 def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: np.ndarray,
                    k: int, batch: int, banned: np.ndarray | None = None,
-                   rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each item's k best candidates (sequence, token) by logprob ``offset[seq] + x[row, token]``.
+                   rows: np.ndarray | None = None, shift: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each item's k best candidates (sequence, token) by logprob ``offset[seq] + x[row, token]``
+    (``offset[seq] + (x[row, token] - shift[seq])`` when ``shift`` (n,) is given).
 
     Sequences are numbered 0..n-1, grouped by item in item order: ``item`` (n,) is each
     sequence's batch item, ``offset`` (n,) what its candidates add to their logit, ``x_max``
-    (n,) its largest logit, in float64. ``x`` (n, V) holds the logits in the model's dtype
+    (n,) its largest logit (less its shift), in float64. ``x`` (n, V) holds the logits in the model's dtype
     (candidate logprobs are formed in float64); sequence i's are row ``rows[i]`` (default: row
     i), so logits need not be gathered into sequence order first. ``banned`` (n, V), if given,
     marks tokens that are never candidates (then ``rows`` must be None). Ties go to the lower
@@ -168,7 +171,7 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
     """
     n, V = x.shape
     value_max = offset + x_max                                            # [n]
-    bound = candidate_bounds(value_max, offset, x, item, k, batch, rows)            # [n]
+    bound = candidate_bounds(value_max, offset, x, item, k, batch, rows, shift)     # [n]
     # A margin so that rounding in (bound - offset) can never exclude an entry equal to it;
     # the threshold is then rounded down into x's dtype so the comparison runs natively. Both
     # can only admit extra candidates, which the exact ranking below sorts out.
@@ -177,6 +180,8 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
     # the tie rule decides among them.
     margin = 1e-9 * (1.0 + np.abs(bound))
     threshold = bound - np.maximum(offset, -1e300) - margin              # [n]
+    if shift is not None:  # in the units of x
+        threshold += shift
     threshold = np.nextafter(threshold.astype(x.dtype), -np.inf)
     if rows is not None:  # thresholds and sequence numbers in x's row order
         seq_of_row = np.empty(n, dtype=np.int64)
@@ -194,8 +199,8 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
     seq = flat // V
     if rows is not None:
         seq = seq_of_row[seq]
-    logit = x.ravel()[flat]
-    value = offset[seq] + logit.astype(np.float64)                        # [C]
+    logit = x.ravel()[flat].astype(np.float64)
+    value = offset[seq] + (logit if shift is None else logit - shift[seq])  # [C]
     if k == 1 and len(flat) == n == batch and rows is None and banned is None:
         # One sequence per item, in item order, and one survivor each: its best (K = 1).
         return value[:, None], seq[:, None], (flat % V)[:, None]

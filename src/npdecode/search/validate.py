@@ -72,8 +72,10 @@ def check_eos(eos_token_id: object, vocab_size: int | None, name: str = "eos_tok
 
 
 def check_length_penalty(name: str, value: object, max_new_tokens: int) -> float:
-    """A finite exponent for ``len ** value`` that stays a normal float64 for every length
-    up to ``max_new_tokens`` (beyond that, scores overflow to 0 or infinity and stop ranking)."""
+    """A finite exponent for which ``len ** value`` stays a normal float64 (finite, not 0)
+    for every length up to ``max_new_tokens``; beyond that the divisor itself overflows or
+    vanishes and scores stop ranking. (A score can still overflow if a logprob is huge as
+    well: that takes logits of 1e7 and more, and shows as -inf, never as NaN.)"""
     alpha = check_finite(name, value)
     if max_new_tokens > 1 and abs(alpha) * math.log(max_new_tokens) > _LOG_PENALTY_LIMIT:
         limit = _LOG_PENALTY_LIMIT / math.log(max_new_tokens)
