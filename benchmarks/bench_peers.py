@@ -2,8 +2,9 @@
 
 One random-weight GPT-2 is built with transformers (seeded, no download), saved in the
 HuggingFace layout to a temporary directory, converted for CTranslate2, and loaded by npdecode
-(``GPT2.from_pretrained``, float32). For each standard configuration (B, K, T) the three engines decode the same prompts (4-16 tokens, ragged) with beam width K,
-T new tokens, length penalty 0.6 and EOS 0, float32, on one thread:
+(``GPT2.from_pretrained``, float32). For each standard configuration (B, K, T) the three
+engines decode the same prompts (4-16 tokens, ragged) with beam width K, T new tokens,
+length penalty 0.6 and EOS 0, float32, on one thread:
 
 - npdecode ``batched_beam_search`` (the pool policy);
 - transformers ``model.generate(num_beams=K, ...)`` on the left-padded batch with its

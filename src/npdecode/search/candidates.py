@@ -162,11 +162,12 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
 
     Sequences are numbered 0..n-1, grouped by item in item order: ``item`` (n,) is each
     sequence's batch item, ``offset`` (n,) what its candidates add to their logit, ``x_max``
-    (n,) its largest logit (less its shift), in float64. ``x`` (n, V) holds the logits in the model's dtype
-    (candidate logprobs are formed in float64); sequence i's are row ``rows[i]`` (default: row
-    i), so logits need not be gathered into sequence order first. ``banned`` (n, V), if given,
-    marks tokens that are never candidates (then ``rows`` must be None). Ties go to the lower
-    sequence (the parent's place in the pool), then the higher logit, then the lower token id.
+    (n,) its largest logit (less its shift), in float64. ``x`` (n, V) holds the logits in the
+    model's dtype (candidate logprobs are formed in float64); sequence i's are row
+    ``rows[i]`` (default: row i), so logits need not be gathered into sequence order first.
+    ``banned`` (n, V), if given, marks tokens that are never candidates (then ``rows`` must be
+    None). Ties go to the lower sequence (the parent's place in the pool), then the higher
+    logit, then the lower token id.
     Returns (value, seq, token), each (B, k); missing entries have seq -1.
     """
     n, V = x.shape
