@@ -346,3 +346,28 @@ def test_rejects_an_empty_head_dim():
     z = np.zeros((1, 1, 2, 0))
     with pytest.raises(ValueError, match="head dims must be at least 1"):
         flash_attention_fwd(z, z, z)
+
+
+# -- the dense path (decoding steps, every model's forward) against the same oracle ----------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nq, nk", [(1, 40), (3, 9), (50, 50), (1, 4)])  # D above and below Nk
+def test_dense_attention_matches_naive(dtype, nq, nk):
+    from npdecode.attention.dense import dense_attention
+    Q, K, V = qkv(3, 2, nq, 16, dtype, Nk=nk, seed=nq + nk)
+    starts = [0, 2, 3]  # left padding, as the cache masks it
+    kpos, qpos = np.arange(nk), nk - nq + np.arange(nq)
+    visible = ((kpos[None, :] <= qpos[:, None])[None, None]
+               & (kpos >= np.array(starts)[:, None])[:, None, None, :])    # [3, 1, nq, nk]
+    ref = naive_attention(Q, K, V, causal=True, key_start=starts)
+    scale = np.float64(1 / np.sqrt(16))  # a NumPy float64 scale keeps float32 attention float32
+    out = dense_attention(Q, K, V, visible, scale)
+    assert out.dtype == dtype
+    real = visible.any(axis=-1)[:, 0]  # [3, nq] queries with a visible key (padding ones differ
+    #                                   by definition: a uniform average here, zeros there)
+    assert_matches(out[np.broadcast_to(real[:, None], out.shape[:3])],
+                   ref[np.broadcast_to(real[:, None], ref.shape[:3])],
+                   tol=1e-5 if dtype == np.float32 else 1e-12)
+    # the mask's negation, when a caller passes it, gives the same numbers
+    np.testing.assert_array_equal(dense_attention(Q, K, V, visible, scale, ~visible), out)

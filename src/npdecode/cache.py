@@ -150,11 +150,13 @@ class KVCache:
                                        key_start=self.start[:n] - k_lo, scale=scale)  # [n,H,t,Dh]
         keys = self.k[layer, :n, :, lo:hi]          # [n, H, W, Dh]
         vals = self.v[layer, :n, :, lo:hi]          # [n, H, W, Dh]
-        return dense_attention(q, keys, vals, self._visible_mask(n, t, lo, hi), scale)
+        visible, hidden = self._visible_mask(n, t, lo, hi)
+        return dense_attention(q, keys, vals, visible, scale, hidden)
 
-    def _visible_mask(self, n: int, t: int, lo: int, hi: int) -> np.ndarray:
+    def _visible_mask(self, n: int, t: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
         """(n, 1, t, W) bool over slots lo..hi-1: which slots each of the ``t`` new queries
-        of each row sees. Built once per call shape and reused by every layer."""
+        of each row sees, and its negation. Built once per call shape and reused by every
+        layer."""
         key = (n, t, lo, hi)
         if self._visible is None or self._visible[0] != key:
             slot = np.arange(lo, hi)                                        # [W]
@@ -164,7 +166,8 @@ class KVCache:
                 qslot = self.end[:n, None] + np.arange(t)                   # [n, t]
                 visible = ((slot >= self.start[:n, None, None])
                            & (slot <= qslot[:, :, None]))                   # [n, t, W]
-            self._visible = (key, visible.reshape(n, 1, t, hi - lo))
+            visible = visible.reshape(n, 1, t, hi - lo)
+            self._visible = (key, (visible, ~visible))
         return self._visible[1]
 
     def advance(self, t: int) -> None:
@@ -248,14 +251,16 @@ class KVCache:
         # source only in the last few slots. Rows are taken in order of first slot and copied
         # in blocks whose first slots lie within _COPY_SLACK of the block's lowest, each block
         # in one call from that lowest slot (a few slots copied twice cost less than a call).
+        # Blocks index with slices of arrays (NumPy indexes with an array faster than with a
+        # list); a lone row with an integer.
         order = np.argsort(first, kind="stable")
-        to, frm, first = to[order].tolist(), frm[order].tolist(), first[order].tolist()
+        to, frm, first = to[order], frm[order], first[order].tolist()
         i = 0
         while i < len(to) and first[i] < hi:
             d, j = first[i], i + 1
             while j < len(to) and j - i < _COPY_BLOCK and first[j] - d <= _COPY_SLACK:
                 j += 1
-            h, f = (to[i], frm[i]) if j == i + 1 else (to[i:j], frm[i:j])
+            h, f = (int(to[i]), int(frm[i])) if j == i + 1 else (to[i:j], frm[i:j])
             self.kv[:, :, h, :, d:hi] = self.kv[:, :, f, :, d:hi]
             i = j
 

@@ -9,19 +9,31 @@ from npdecode.numerics import MASK
 
 
 def dense_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, visible: np.ndarray,
-                    scale: float) -> np.ndarray:
+                    scale: float, hidden: np.ndarray | None = None) -> np.ndarray:
     """softmax(q k^T * scale, with hidden keys set to MASK) @ v.
 
     q (..., tq, D), k and v (..., W, D); ``visible`` broadcasts to (..., tq, W), True where a
-    query may attend to a key. A query with no visible key gets a uniform average of v
+    query may attend to a key (``hidden``, if given, must be its negation: callers that reuse
+    a mask across layers pass both). A query with no visible key gets a uniform average of v
     (finite; MASK is finite for that reason). Returns (..., tq, Dv).
     """
-    scores = (q @ np.swapaxes(k, -1, -2)) * scale             # [..., tq, W]
-    scores = np.where(visible, scores, MASK)
+    # The same arithmetic as the definition, in fewer passes over the (tq, W) scores: the
+    # scale goes on whichever of q and the scores is smaller, the mask is written in place,
+    # and the output rather than the weights is divided by the weights' sum.
+    scale = float(scale)  # a NumPy float64 scale would turn float32 scores into float64
+    tq, D, W = q.shape[-2], q.shape[-1], k.shape[-2]
+    if D <= W:
+        scores = (q * scale) @ np.swapaxes(k, -1, -2)                  # [..., tq, W]
+    else:
+        scores = q @ np.swapaxes(k, -1, -2)
+        scores *= scale
+    np.copyto(scores, MASK, where=~visible if hidden is None else hidden)
     scores -= scores.max(axis=-1, keepdims=True)
     weights = np.exp(scores, out=scores)
-    weights /= weights.sum(axis=-1, keepdims=True)
-    return weights @ v                                        # [..., tq, Dv]
+    total = weights.sum(axis=-1, keepdims=True)                         # [..., tq, 1]
+    out = weights @ v                                                   # [..., tq, Dv]
+    out /= total
+    return out
 
 
 def causal_mask(t: int) -> np.ndarray:
