@@ -21,7 +21,7 @@ def dense_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, visible: np.nda
     # scale goes on whichever of q and the scores is smaller, the mask is written in place,
     # and the output rather than the weights is divided by the weights' sum.
     scale = float(scale)  # a NumPy float64 scale would turn float32 scores into float64
-    tq, D, W = q.shape[-2], q.shape[-1], k.shape[-2]
+    D, W = q.shape[-1], k.shape[-2]
     if D <= W:
         scores = (q * scale) @ np.swapaxes(k, -1, -2)                  # [..., tq, W]
     else:
