@@ -17,9 +17,9 @@ def dense_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, visible: np.nda
     a mask across layers pass both). A query with no visible key gets a uniform average of v
     (finite; MASK is finite for that reason). Returns (..., tq, Dv).
     """
-    # The same arithmetic as the definition, in fewer passes over the (tq, W) scores: the
-    # scale goes on whichever of q and the scores is smaller, the mask is written in place,
-    # and the output rather than the weights is divided by the weights' sum.
+    # The definition above in fewer passes over the (tq, W) scores (equal up to rounding):
+    # the scale goes on whichever of q and the scores is smaller, the mask is written in
+    # place, and the output rather than the weights is divided by the weights' sum.
     scale = float(scale)  # a NumPy float64 scale would turn float32 scores into float64
     D, W = q.shape[-1], k.shape[-2]
     if D <= W:
