@@ -55,7 +55,7 @@ class KVCache:
         if bounds:
             self._lo = None      # at most min(start[:n]): no row reads a slot before it
             self._common = None  # the slot every row's next token goes to, if they all agree
-        self._visible = None     # (key, mask) of the last ``attend``, shared by all layers
+        self._visible = None     # (key, (mask, negation)) of the last ``attend``, for all layers
 
     def _bounds(self) -> tuple[int, int | None]:
         """(a slot at or before the first slot any row reads, the common end of all rows or
