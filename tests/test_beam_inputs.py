@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from npdecode import TinyLM, batched_beam_search
+from npdecode.search.validate import check_logits
 
 
 class Counting(TinyLM):
@@ -250,3 +251,23 @@ class Huge:
 def test_finite_logits_whose_maxima_overflow_a_sum_are_accepted():
     got = batched_beam_search(Huge(), [[1], [2], [3]], beam_width=2, max_new_tokens=2)
     assert [h.tokens for h in got[0]] == [[0, 0], [0, 1]]  # token 0 is certain, then token 1
+
+
+def test_logits_checked_by_column_ranges_still_find_every_fault():
+    """The search checks logits through the maxima of column ranges: a range that is all -inf
+    is fine while the row has a real token, and a fault is found in any range."""
+    items = np.array([0, 1])
+    good = np.zeros((2, 6))
+    good[1, :3] = -np.inf
+    np.testing.assert_array_equal(check_logits(good, 2, 6, items, parts=2),
+                                  [[0, 0], [-np.inf, 0]])
+    for value, match in [(np.nan, "NaN"), (np.inf, r"\+inf")]:
+        for col in (0, 4):
+            bad = good.copy()
+            bad[1, col] = value
+            with pytest.raises(ValueError, match=match + ".*batch item 1"):
+                check_logits(bad, 2, 6, items, parts=2)
+    bad = good.copy()
+    bad[1] = -np.inf
+    with pytest.raises(ValueError, match="entirely -inf.*batch item 1"):
+        check_logits(bad, 2, 6, items, parts=2)

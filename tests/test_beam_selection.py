@@ -5,8 +5,14 @@ import math
 import numpy as np
 import pytest
 
+from npdecode.numerics import part_maxima
 from npdecode.search import candidates
 from npdecode.search.candidates import log_normalizer, top_candidates
+
+
+def maxima(x, parts):
+    """Each row's maxima over ``parts`` column ranges, as the search passes them (float64)."""
+    return part_maxima(x, parts).astype(np.float64)
 
 
 def lognorm(logits, row_max):
@@ -26,13 +32,14 @@ def brute_force(x, offset, item, k, batch):
     return out
 
 
+@pytest.mark.parametrize("parts", [1, 2, 7])  # the row max alone, or maxima of column ranges
 @pytest.mark.parametrize("cut", [False, True])  # survivors first cut to each item's k best
 @pytest.mark.parametrize("permuted", [False, True])  # logits rows in another order than sequences
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("spread", [0.5, 50.0])   # 50: beams far apart, the loose-bound path
 @pytest.mark.parametrize("seed", range(6))
 def test_top_candidates_equal_a_full_sort_including_ties(dtype, spread, seed, permuted, cut,
-                                                         monkeypatch):
+                                                         parts, monkeypatch):
     if cut:
         monkeypatch.setattr(candidates, "_FEW_SURVIVORS", 0)
     rng = np.random.default_rng(seed)
@@ -49,8 +56,8 @@ def test_top_candidates_equal_a_full_sort_including_ties(dtype, spread, seed, pe
         rows = rng.permutation(n)
         logits = np.empty_like(x)
         logits[rows] = x
-    value, row, token = top_candidates(logits, x.max(axis=1).astype(np.float64), offset, item,
-                                       k, batch, rows=rows)
+    value, row, token = top_candidates(logits, maxima(x, parts), offset, item, k, batch,
+                                       rows=rows)
     for b, want in enumerate(brute_force(x, offset, item, k, batch)):
         got = [(value[b, j], row[b, j], token[b, j]) for j in range(k) if row[b, j] >= 0]
         assert got == want
@@ -68,9 +75,10 @@ def test_float32_normalizer_is_accurate_to_float32_rounding(shift):
     assert np.abs(got64 - exact).max() < 1e-12
 
 
+@pytest.mark.parametrize("parts", [1, 2])
 @pytest.mark.parametrize("permuted", [False, True])
 @pytest.mark.parametrize("seed", range(6))
-def test_many_survivors_without_ties_are_ranked_by_value(seed, permuted, monkeypatch):
+def test_many_survivors_without_ties_are_ranked_by_value(seed, permuted, parts, monkeypatch):
     """Beams far apart leave many survivors; without equal values the ranking skips the full
     tie-rule sort (and ties, when present, still take it: the test above)."""
     monkeypatch.setattr(candidates, "_FEW_SURVIVORS", 0)
@@ -85,7 +93,7 @@ def test_many_survivors_without_ties_are_ranked_by_value(seed, permuted, monkeyp
         rows = rng.permutation(n)
         logits = np.empty_like(x)
         logits[rows] = x
-    value, row, token = top_candidates(logits, x.max(axis=1), offset, item, k, batch,
+    value, row, token = top_candidates(logits, maxima(x, parts), offset, item, k, batch,
                                        rows=rows)
     for b, want in enumerate(brute_force(x, offset, item, k, batch)):
         assert [(value[b, j], row[b, j], token[b, j]) for j in range(k)] == want
@@ -138,7 +146,57 @@ def test_one_beam_per_item_takes_each_rows_best(seed, ties):
     x = x.astype(np.float32)
     offset = rng.normal(0, 5, size=batch)
     item = np.arange(batch)
-    value, row, token = top_candidates(x, x.max(axis=1).astype(np.float64), offset, item, 1,
-                                       batch)
+    value, row, token = top_candidates(x, maxima(x, 1), offset, item, 1, batch)
     for b, want in enumerate(brute_force(x, offset, item, 1, batch)):
         assert [(value[b, 0], row[b, 0], token[b, 0])] == want
+
+
+@pytest.mark.parametrize("V, parts, split", [(1000, 2, True), (1000, 5, True), (12, 3, True),
+                                             (7, 2, False), (1000, 1, False)])
+def test_part_maxima_are_the_maxima_of_equal_column_ranges(V, parts, split):
+    rng = np.random.default_rng(V + parts)
+    x = rng.standard_normal((9, V)).astype(np.float32)
+    x[1, : V // 2] = -np.inf       # a row with a range of -inf only
+    x[2, V - 1] = np.nan           # a NaN is its range's maximum
+    x[3, 0] = 1e30                 # as is a huge value
+    got = part_maxima(x, parts)
+    edges = np.arange(parts + 1) * V // parts if split else [0, V]
+    want = np.stack([x[:, lo:hi].max(axis=1) for lo, hi in zip(edges[:-1], edges[1:])], axis=1)
+    np.testing.assert_array_equal(got, want)        # NaN positions included
+    # Rows that are not contiguous in memory take the row maximum alone.
+    np.testing.assert_array_equal(part_maxima(np.asfortranarray(x), parts),
+                                  x.max(axis=1, keepdims=True))
+
+
+def test_float32_rows_near_zero_are_normalized_to_a_few_1e7():
+    """Rows whose max lies within the exp2 range, at its edge and far below it, against the
+    exact float64 normalizer of the same float32 logits."""
+    rng = np.random.default_rng(3)
+    for V in (1000, 50_257):
+        x = np.clip(rng.standard_normal((8, V)) * 2, -3.99, 3.99)
+        x[0] = 3.99                      # every term at the range's edge
+        x[1] = -3.99
+        x[2], x[2, 0] = -1.5, 3.99       # a flat mass below a peak at the edge
+        x[3], x[3, 0] = 3.99 - 5, 3.99   # the mass where it weighs most against the peak
+        x[4, 1:] = -60.0                 # terms far below the max
+        x = x.astype(np.float32)
+        exact = lognorm(x.astype(np.float64), x.max(1).astype(np.float64))
+        assert np.abs(lognorm(x, x.max(1).astype(np.float64)) - exact).max() < 3e-7
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_each_rows_normalizer_is_the_same_alone_and_among_others(dtype):
+    """Rows take different paths (exp2 near zero, exp, exp of the shifted row); each row's
+    result must not depend on which other rows share the call."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 300))
+    x[1] += 20.0      # moderate
+    x[3] += 60.0      # float32: shifted
+    x[5] -= 800.0     # float64: shifted too
+    x = x.astype(dtype)
+    row_max = x.max(axis=1).astype(np.float64)
+    shift, lse = log_normalizer(x, row_max)
+    for r in range(len(x)):
+        s1, l1 = log_normalizer(x[r:r + 1], row_max[r:r + 1])
+        assert (0.0 if shift is None else shift[r]) == (0.0 if s1 is None else s1[0])
+        assert lse[r] == l1[0]

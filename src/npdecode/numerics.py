@@ -22,3 +22,20 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     m = x.max(axis=-1, keepdims=True)
     shifted = x - m
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def part_maxima(x: np.ndarray, parts: int) -> np.ndarray:
+    """Each row's maxima over ``parts`` equal column ranges, (n, parts) in x's dtype, when
+    the rows of x (n, V) are contiguous and V divides by ``parts``; otherwise each row's
+    maximum, (n, 1). A NaN is its range's maximum, as with ``max``.
+
+    The split rows are found through ``argmax`` of x seen as (n * parts, V / parts): NumPy
+    runs it faster than ``max`` along short rows (a fixed cost per row weighs on ``max``), so
+    at a thousand columns two maxima per row cost less than ``max``'s one.
+    """
+    n, V = x.shape
+    if parts == 1 or V % parts or not x.flags.c_contiguous:
+        return x.max(axis=1, keepdims=True)
+    cols = x.reshape(n, parts, V // parts).argmax(axis=2)                 # [n, parts]
+    cols += np.arange(0, V, V // parts)
+    return x[np.arange(n)[:, None], cols]

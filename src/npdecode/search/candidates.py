@@ -32,17 +32,39 @@ def log_normalizer(logits: np.ndarray, row_max: np.ndarray
     Float64 logits are normalized in float64. Float32 logits are exponentiated and summed
     (pairwise) in float32 and the log taken in float64: the error, a few 1e-7, is the size
     of the rounding already in a float32 model's logits, and the passes over (n, V) cost half.
+    A float32 row whose max lies within +-_EXP2_RANGE is exponentiated as 2 ** (x * log2(e)):
+    NumPy's float32 exp2 takes half the time of its exp, and the product's rounding moves each
+    term by at most |x| * 1e-7 (relative), while terms far below the max weigh nothing; the
+    sum moves by a few 1e-7 at most, the size of exp's own rounding.
     """
     if logits.dtype not in _UNSHIFTED_RANGE:
         logits = np.asarray(logits, dtype=np.float64)
+    if not len(row_max):
+        return None, np.zeros(0)
     low, high = _UNSHIFTED_RANGE[logits.dtype]
-    if not len(row_max) or (low < row_max.min() and row_max.max() < high):  # all moderate
+    near = None                                         # rows exponentiated through exp2
+    if logits.dtype == np.float32:
+        near = (-_EXP2_RANGE < row_max) & (row_max < _EXP2_RANGE)        # [n]
+        if near.all():
+            e = np.multiply(logits, _LOG2_E)
+            return None, np.log(_row_sums(np.exp2(e, out=e)))
+        if not near.any():
+            near = None
+    if near is None and low < row_max.min() and row_max.max() < high:  # all moderate
         return None, np.log(_row_sums(np.exp(logits)))
     moderate = (low < row_max) & (row_max < high)                        # [n]
     shift = np.where(moderate, 0.0, row_max).astype(np.float64)          # [n]
     e = logits - shift.astype(logits.dtype)[:, None]                     # [n, V]
-    np.exp(e, out=e)
+    if near is None:
+        np.exp(e, out=e)
+    else:  # each row as it would be alone: near rows through exp2, the others through exp
+        e[near] = np.exp2(e[near] * np.float32(_LOG2_E))
+        e[~near] = np.exp(e[~near])
     return shift, np.log(_row_sums(e))
+
+
+_EXP2_RANGE = 4.0
+_LOG2_E = 1.4426950408889634  # log2(e)
 
 
 def _row_sums(e: np.ndarray) -> np.ndarray:
@@ -79,28 +101,32 @@ def kth_largest(x: np.ndarray, k: int) -> np.ndarray:
     return np.partition(x, x.shape[1] - k, axis=1)[:, x.shape[1] - k]
 
 
-def candidate_bounds(value_max: np.ndarray, offset: np.ndarray, x: np.ndarray,
-                     item: np.ndarray, k: int, batch: int, rows: np.ndarray | None = None,
+def candidate_bounds(best: np.ndarray, offset: np.ndarray, x: np.ndarray, item: np.ndarray,
+                     k: int, batch: int, rows: np.ndarray | None = None,
                      shift: np.ndarray | None = None) -> np.ndarray:
     """A per-row threshold on candidate logprobs that each item's top-k candidates all pass.
 
-    ``value_max[r]`` is row r's best candidate and ``offset[r]`` the logprob its candidates
-    add to their logit; rows are grouped by item, in item order. An
-    item never has more than k rows (its pool holds k). With exactly k rows, their k best
-    candidates are k distinct candidates, so the worst of them bounds the item's k-th best
-    from below. With fewer rows, each row's own k-th best candidate bounds it the same way.
-    Row r's logits are ``x[rows[r]]`` (default: ``x[r]``), less ``shift[r]`` (if given).
+    ``best[r, j]`` (n, c) is row r's best candidate among the j-th of c disjoint column ranges
+    and ``offset[r]`` the logprob its candidates add to their logit; rows are grouped by item,
+    in item order. An item never has more than k rows (its pool holds k). Its rows' c best
+    values are distinct candidates, so with at least k of them their k-th largest bounds the
+    item's k-th best candidate from below (with c = 1 and k rows: the worst row's best). With
+    fewer, each row's own k-th best candidate bounds it the same way. Row r's logits are
+    ``x[rows[r]]`` (default: ``x[r]``), less ``shift[r]`` (if given).
     Returns (n,) thresholds in logprob units.
     """
-    if len(item) == batch * k:  # every item has k rows (no beam has finished): [B, k] blocks
-        return value_max if k == 1 else np.repeat(value_max.reshape(batch, k).min(axis=1), k)
+    n, c = best.shape
+    kc = k * c
+    if n == batch * k:  # every item has k rows (no beam has finished): [B, k * c] blocks
+        if kc == 1:
+            return best[:, 0]
+        return np.repeat(np.partition(best.reshape(batch, kc), kc - k, axis=1)[:, kc - k], k)
     rows_of = np.bincount(item, minlength=batch)                          # [B]
-    has_rows = np.flatnonzero(rows_of)
-    starts = (np.cumsum(rows_of) - rows_of)[has_rows]
-    worst_best = np.full(batch, -np.inf)
-    worst_best[has_rows] = np.minimum.reduceat(value_max, starts)         # [B]
-    bound = worst_best[item]                                              # [n]
-    few = rows_of[item] < k
+    place = np.arange(n) - (np.cumsum(rows_of) - rows_of)[item]           # row's place in item
+    table = np.full((batch, kc), -np.inf)                                 # [B, k * c]
+    table[item[:, None], place[:, None] * c + np.arange(c)] = best
+    bound = np.partition(table, kc - k, axis=1)[item, kc - k]              # [n]
+    few = rows_of[item] * c < k
     if few.any():
         k_row = min(k, x.shape[1])  # a row cannot offer more candidates than the vocabulary
         few_x = x[few] if rows is None else x[rows[few]]
@@ -153,7 +179,7 @@ def _item_dtype(batch: int) -> type:
 _INT16_MAX = int(np.iinfo(np.int16).max)
 
 
-def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: np.ndarray,
+def top_candidates(x: np.ndarray, part_max: np.ndarray, offset: np.ndarray, item: np.ndarray,
                    k: int, batch: int, banned: np.ndarray | None = None,
                    rows: np.ndarray | None = None, shift: np.ndarray | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -161,9 +187,10 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
     (``offset[seq] + (x[row, token] - shift[seq])`` when ``shift`` (n,) is given).
 
     Sequences are numbered 0..n-1, grouped by item in item order: ``item`` (n,) is each
-    sequence's batch item, ``offset`` (n,) what its candidates add to their logit, ``x_max``
-    (n,) its largest logit (less its shift), in float64. ``x`` (n, V) holds the logits in the
-    model's dtype (candidate logprobs are formed in float64); sequence i's are row
+    sequence's batch item, ``offset`` (n,) what its candidates add to their logit,
+    ``part_max`` (n, c) its largest logits (less its shift) in c disjoint column ranges, in
+    float64 (more ranges: a tighter bound, fewer survivors). ``x`` (n, V) holds the logits in
+    the model's dtype (candidate logprobs are formed in float64); sequence i's are row
     ``rows[i]`` (default: row i), so logits need not be gathered into sequence order first.
     ``banned`` (n, V), if given, marks tokens that are never candidates (then ``rows`` must be
     None). Ties go to the lower sequence (the parent's place in the pool), then the higher
@@ -171,16 +198,17 @@ def top_candidates(x: np.ndarray, x_max: np.ndarray, offset: np.ndarray, item: n
     Returns (value, seq, token), each (B, k); missing entries have seq -1.
     """
     n, V = x.shape
-    value_max = offset + x_max                                            # [n]
-    bound = candidate_bounds(value_max, offset, x, item, k, batch, rows, shift)     # [n]
+    best = offset[:, None] + part_max                                     # [n, c]
+    bound = candidate_bounds(best, offset, x, item, k, batch, rows, shift)          # [n]
     # A margin so that rounding in (bound - offset) can never exclude an entry equal to it;
     # the threshold is then rounded down into x's dtype so the comparison runs natively. Both
     # can only admit extra candidates, which the exact ranking below sorts out.
-    # A row whose hypothesis has logprob -inf makes its item's bound -inf (its best candidate
-    # is -inf); clamping its offset keeps -inf - (-inf) = NaN out: it takes every token, and
-    # the tie rule decides among them.
+    # A row whose hypothesis has logprob -inf has only -inf candidates. Its offset is clamped
+    # (a lower threshold, never a higher one): where its item's bound is -inf as well, this
+    # keeps -inf - (-inf) = NaN out (it takes every token, and the tie rule decides among
+    # them); elsewhere its threshold is about 1e30, above every logit yet within float32.
     margin = 1e-9 * (1.0 + np.abs(bound))
-    threshold = bound - np.maximum(offset, -1e300) - margin              # [n]
+    threshold = bound - np.maximum(offset, -1e30) - margin               # [n]
     if shift is not None:  # in the units of x
         threshold += shift
     threshold = np.nextafter(threshold.astype(x.dtype), -np.inf)

@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from npdecode.models.protocol import vocab_size_of
+from npdecode.numerics import part_maxima
 
 
 def check_int(name: str, value: object, *, minimum: int) -> int:
@@ -124,13 +125,15 @@ def check_ids(prompts: list[list[int]], eos: int | None, vocab: int) -> None:
 
 
 def check_logits(logits: np.ndarray, n_rows: int, vocab_size: int | None,
-                 items: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+                 items: np.ndarray, rows: np.ndarray | None = None, parts: int = 1
+                 ) -> np.ndarray:
     """Validate one step's logits (n_rows, V); ``items[i]`` is sequence i's batch item and
     ``rows[i]`` its row of ``logits`` (default: row i).
 
-    Returns the row maxima (n_rows,), which log-softmax needs anyway: every fault shows in
-    them at no extra cost (NaN propagates into a row's max, +inf is the max, and a row that
-    is entirely -inf has max -inf).
+    Returns each row's maxima over ``parts`` consecutive column ranges (n_rows, parts), which
+    log-softmax and candidate selection need anyway: every fault shows in them at no extra
+    cost (a NaN is its range's maximum, +inf is the maximum, and a row that is entirely -inf
+    has only -inf maxima).
     """
     if not isinstance(logits, np.ndarray) or logits.ndim != 2 or logits.shape[0] != n_rows or (
             vocab_size is not None and logits.shape[1] != vocab_size):
@@ -140,9 +143,11 @@ def check_logits(logits: np.ndarray, n_rows: int, vocab_size: int | None,
                          f"(one row per sequence, batch items {sorted(set(items.tolist()))})")
     if logits.dtype.kind != "f":
         raise ValueError(f"model returned logits of dtype {logits.dtype}; expected floats")
-    m = logits.max(axis=1)
-    if not np.isfinite(m).all():
-        _raise_on_bad_row(logits, ~np.isfinite(m), items, rows)
+    m = part_maxima(logits, min(parts, logits.shape[1]))                   # [n_rows, parts]
+    if not np.isfinite(m).all():  # a range of -inf is fine while the row has a real token
+        bad = np.isnan(m).any(axis=1) | np.isposinf(m).any(axis=1) | np.isneginf(m).all(axis=1)
+        if bad.any():
+            _raise_on_bad_row(logits, bad, items, rows)
     return m
 
 
