@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # Attention mask value. It is finite on purpose: a query row whose keys are all masked (a
@@ -36,6 +38,14 @@ def part_maxima(x: np.ndarray, parts: int) -> np.ndarray:
     n, V = x.shape
     if parts == 1 or V % parts or not x.flags.c_contiguous:
         return x.max(axis=1, keepdims=True)
-    cols = x.reshape(n, parts, V // parts).argmax(axis=2)                 # [n, parts]
-    cols += np.arange(0, V, V // parts)
-    return x[np.arange(n)[:, None], cols]
+    flat = x.reshape(n, parts, V // parts).argmax(axis=2)                 # [n, parts]
+    flat += _part_starts(n, V, parts)                      # flat indices of the maxima
+    return np.take(x, flat)
+
+
+@functools.lru_cache(maxsize=16)
+def _part_starts(n: int, V: int, parts: int) -> np.ndarray:
+    """Flat index (n, parts) of the first entry of each column range of each row, read-only."""
+    starts = np.arange(n)[:, None] * V + np.arange(0, V, V // parts)
+    starts.flags.writeable = False
+    return starts

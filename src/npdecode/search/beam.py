@@ -56,7 +56,7 @@ class BeamState:
     """
 
     __slots__ = ("tokens", "length", "logprob", "score", "finished", "valid", "live",
-                 "live_slots", "_all_slots")
+                 "live_slots", "any_finished", "_all_slots")
 
     def __init__(self, tokens: np.ndarray, length: np.ndarray, logprob: np.ndarray,
                  score: np.ndarray, finished: np.ndarray, valid: np.ndarray,
@@ -69,7 +69,8 @@ class BeamState:
         self.valid = valid          # [B, K]    bool   slot holds a hypothesis (pools may be short)
         # Unfinished hypotheses, the ones the model must extend, and their (item, slot), each
         # (n,) in (item, slot) order: live hypothesis i is sequence i of the next model call.
-        self.live = valid & ~finished                                     # [B, K]
+        self.any_finished = bool(finished.any())  # False: no slot holds a finished one
+        self.live = valid & ~finished if self.any_finished else valid     # [B, K]
         self._all_slots = all_slots  # (item, slot) of every slot, for when all are live
         self.live_slots = all_slots if self.live.all() else np.nonzero(self.live)
 
@@ -119,10 +120,9 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     x = logits                                                            # [n, V]
     if maxima is None:
         maxima = part_maxima(x, parts_for(K, x.shape[1]))
-    part_max = maxima.astype(np.float64)                                  # [n, c]
-    x_max = functools.reduce(np.maximum, part_max.T)                      # [n]
     # log-softmax = (x - shift) - lse by row (shift None: 0; rows with huge logits shift)
-    shift, lse = log_normalizer(x, x_max)                                 # [n] each
+    shift, lse = log_normalizer(x, maxima)                                # [n] each
+    part_max = maxima.astype(np.float64)                                  # [n, c]
     if shift is not None:
         part_max -= shift[:, None]
     if rows is not None:  # into sequence order
@@ -152,12 +152,12 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     # length-penalized scores would fill the pool and take the result.
     # Columns 0..K-1: the current pool (only its finished entries compete as themselves);
     # columns K..K+k-1: the item's best candidates, already in rank order.
-    b = np.arange(B)[:, None]
-    held = state.valid & state.finished                                   # [B, K]
-    if not held.any():  # nothing finished: the candidates, in rank order, are the new pool
+    b = _column(B)                                                        # [B, 1]
+    if not state.any_finished:  # the candidates, in rank order, are the new pool
         new_parent, new_seq, new_token, new_is_cand = cand_slot, cand_seq, cand_token, cand_ok
         new_valid, logprob, score = cand_ok, cand_logprob, cand_score
     else:
+        held = state.valid & state.finished                               # [B, K]
         score = np.concatenate([state.score, cand_score], axis=1)         # [B, K+k]
         ok = np.concatenate([held, cand_ok], axis=1)
         # Rank: real entries first, then score (highest first); at equal score the column
@@ -176,13 +176,14 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     if new_is_cand.all():  # every slot holds a new candidate (the usual case)
         tokens[:, :, step] = new_token
         length = np.full((B, K), step + 1)
-        finished = np.zeros((B, K), dtype=bool)
+        finished = (new_token == eos_token_id if eos_token_id is not None
+                    else np.zeros((B, K), dtype=bool))
     else:
         tokens[:, :, step] = np.where(new_is_cand, new_token, tokens[:, :, step])
         length = np.where(new_is_cand, step + 1, state.length[b, new_parent])
         finished = ~new_is_cand
-    if eos_token_id is not None:
-        finished |= new_token == eos_token_id
+        if eos_token_id is not None:
+            finished |= new_token == eos_token_id
     new = BeamState(tokens=tokens, length=length, logprob=logprob, score=score,
                     finished=finished, valid=new_valid, all_slots=state._all_slots)
 
@@ -190,6 +191,14 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     if new.live_slots is new._all_slots:  # every slot is live: all of them, in order
         return new, new_seq.ravel(), new_token.ravel()
     return new, new_seq[new.live], new_token[new.live]
+
+
+@functools.lru_cache(maxsize=8)
+def _column(n: int) -> np.ndarray:
+    """A read-only column 0..n-1, (n, 1)."""
+    col = np.arange(n)[:, None]
+    col.flags.writeable = False
+    return col
 
 
 # Each row's maxima over this many column ranges bound an item's K-th best candidate: two

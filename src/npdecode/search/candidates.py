@@ -18,10 +18,11 @@ import numpy as np
 _UNSHIFTED_RANGE = {np.dtype(np.float32): (-40.0, 40.0), np.dtype(np.float64): (-600.0, 600.0)}
 
 
-def log_normalizer(logits: np.ndarray, row_max: np.ndarray
+def log_normalizer(logits: np.ndarray, maxima: np.ndarray
                    ) -> tuple[np.ndarray | None, np.ndarray]:
     """log(sum(exp(logits))) per row, in two parts: (shift, lse), with the normalizer equal to
-    ``shift + lse`` (shift None: 0 for every row); both (n,) float64.
+    ``shift + lse`` (shift None: 0 for every row); both (n,) float64. ``maxima`` holds each
+    row's max (n,), or its maxima over column ranges (n, c).
 
     A row whose max is moderate is exponentiated as it is (one pass fewer when every row is;
     the relative error of each exponential is the same either way); any other row is shifted
@@ -32,39 +33,21 @@ def log_normalizer(logits: np.ndarray, row_max: np.ndarray
     Float64 logits are normalized in float64. Float32 logits are exponentiated and summed
     (pairwise) in float32 and the log taken in float64: the error, a few 1e-7, is the size
     of the rounding already in a float32 model's logits, and the passes over (n, V) cost half.
-    A float32 row whose max lies within +-_EXP2_RANGE is exponentiated as 2 ** (x * log2(e)):
-    NumPy's float32 exp2 takes half the time of its exp, and the product's rounding moves each
-    term by at most |x| * 1e-7 (relative), while terms far below the max weigh nothing; the
-    sum moves by a few 1e-7 at most, the size of exp's own rounding.
     """
     if logits.dtype not in _UNSHIFTED_RANGE:
         logits = np.asarray(logits, dtype=np.float64)
-    if not len(row_max):
+    if not len(maxima):
         return None, np.zeros(0)
     low, high = _UNSHIFTED_RANGE[logits.dtype]
-    near = None                                         # rows exponentiated through exp2
-    if logits.dtype == np.float32:
-        near = (-_EXP2_RANGE < row_max) & (row_max < _EXP2_RANGE)        # [n]
-        if near.all():
-            e = np.multiply(logits, _LOG2_E)
-            return None, np.log(_row_sums(np.exp2(e, out=e)))
-        if not near.any():
-            near = None
-    if near is None and low < row_max.min() and row_max.max() < high:  # all moderate
+    # Every row's max lies between the least and the largest of the maxima.
+    if low < maxima.min() and maxima.max() < high:  # every row moderate
         return None, np.log(_row_sums(np.exp(logits)))
+    row_max = maxima.max(axis=1) if maxima.ndim == 2 else maxima                  # [n]
     moderate = (low < row_max) & (row_max < high)                        # [n]
     shift = np.where(moderate, 0.0, row_max).astype(np.float64)          # [n]
     e = logits - shift.astype(logits.dtype)[:, None]                     # [n, V]
-    if near is None:
-        np.exp(e, out=e)
-    else:  # each row as it would be alone: near rows through exp2, the others through exp
-        e[near] = np.exp2(e[near] * np.float32(_LOG2_E))
-        e[~near] = np.exp(e[~near])
+    np.exp(e, out=e)
     return shift, np.log(_row_sums(e))
-
-
-_EXP2_RANGE = 4.0
-_LOG2_E = 1.4426950408889634  # log2(e)
 
 
 def _row_sums(e: np.ndarray) -> np.ndarray:
@@ -161,6 +144,14 @@ _MANY_ELEMENTS = 32768  # from about this many (32 rows of 1000) the smaller buf
 _FEW_SURVIVORS = 64
 
 
+@functools.lru_cache(maxsize=8)
+def _upto(k: int) -> np.ndarray:
+    """A read-only 0..k-1."""
+    ar = np.arange(k)
+    ar.flags.writeable = False
+    return ar
+
+
 def group_by_item(value: np.ndarray, item: np.ndarray, batch: int
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices of the values (C,) grouped by item (0..batch-1), each item's best value first
@@ -241,12 +232,14 @@ def top_candidates(x: np.ndarray, part_max: np.ndarray, offset: np.ndarray, item
         # ties included, for the exact sort below.
         by_item, counts, starts = group_by_item(value, it, batch)
         if counts.min() >= k:
-            best = by_item[starts[:, None] + np.arange(k)]                  # [B, k]
-            best_value = value[best]
-            after = value[by_item[np.minimum(starts + k, len(flat) - 1)]]   # the (k+1)-th
-            if not ((best_value[:, 1:] == best_value[:, :-1]).any()
-                    or ((after == best_value[:, -1]) & (counts > k)).any()):
-                return best_value, seq[best], flat[best] % V
+            # Each item's k best and the value after them: its (k+1)-th, or where it has
+            # only k, the next item's best (the last item's wraps to the first item's). An
+            # equality there is a false alarm, which only costs the exact sort below.
+            top = by_item[(starts[:, None] + _upto(k + 1)) % len(flat)]      # [B, k+1]
+            top_value = value[top]
+            if not (top_value[:, 1:] == top_value[:, :-1]).any():
+                best = top[:, :k]
+                return top_value[:, :k], seq[best], flat[best] % V
         kth = np.full(batch, -np.inf)
         full = np.flatnonzero(counts >= k)
         kth[full] = value[by_item[starts[full] + k - 1]]
