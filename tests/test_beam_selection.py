@@ -32,7 +32,7 @@ def brute_force(x, offset, item, k, batch):
     return out
 
 
-@pytest.mark.parametrize("parts", [1, 2, 7])  # the row max alone, or maxima of column ranges
+@pytest.mark.parametrize("parts", [1, 2, 5])  # the row max alone, or maxima of column ranges
 @pytest.mark.parametrize("cut", [False, True])  # survivors first cut to each item's k best
 @pytest.mark.parametrize("permuted", [False, True])  # logits rows in another order than sequences
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -184,3 +184,21 @@ def test_each_rows_normalizer_is_the_same_alone_and_among_others(dtype):
         s1, l1 = log_normalizer(x[r:r + 1], row_max[r:r + 1])
         assert (0.0 if shift is None else shift[r]) == (0.0 if s1 is None else s1[0])
         assert lse[r] == l1[0]
+
+
+@pytest.mark.parametrize("other", [(1, 5), (0, 4)])  # the tie's other side: another row, a token
+@pytest.mark.parametrize("parts", [1, 2])
+def test_a_tie_just_past_the_kth_best_goes_to_the_tie_rule(other, parts, monkeypatch):
+    """The k-th and (k+1)-th best candidates are equal while the k best are distinct: ranking
+    by value alone would leave the choice between them to chance."""
+    monkeypatch.setattr(candidates, "_FEW_SURVIVORS", 0)
+    x = np.zeros((2, 6))
+    x[0, 0], x[0, 1] = 9.0, 4.0
+    x[other] = 4.0                 # equal to (row 0, token 1), which the tie rule prefers
+    offset, item = np.zeros(2), np.zeros(2, dtype=np.int64)
+    for rows in (None, np.array([1, 0])):
+        logits = x if rows is None else x[::-1].copy()
+        value, row, token = top_candidates(logits, maxima(x, parts), offset, item, 2, 1,
+                                           rows=rows)
+        want = brute_force(x, offset, item, 2, 1)[0]
+        assert [(value[0, j], row[0, j], token[0, j]) for j in range(2)] == want

@@ -31,9 +31,9 @@ def part_maxima(x: np.ndarray, parts: int) -> np.ndarray:
     the rows of x (n, V) are contiguous and V divides by ``parts``; otherwise each row's
     maximum, (n, 1). A NaN is its range's maximum, as with ``max``.
 
-    The split rows are found through ``argmax`` of x seen as (n * parts, V / parts): NumPy
-    runs it faster than ``max`` along short rows (a fixed cost per row weighs on ``max``), so
-    at a thousand columns two maxima per row cost less than ``max``'s one.
+    The maxima are found through ``argmax`` of x seen as (n * parts, V / parts): its fixed
+    cost per row is far below ``max``'s, so at a thousand columns two maxima per row cost
+    about what ``max`` takes for one.
     """
     n, V = x.shape
     if parts == 1 or V % parts or not x.flags.c_contiguous:

@@ -130,10 +130,11 @@ def check_logits(logits: np.ndarray, n_rows: int, vocab_size: int | None,
     """Validate one step's logits (n_rows, V); ``items[i]`` is sequence i's batch item and
     ``rows[i]`` its row of ``logits`` (default: row i).
 
-    Returns each row's maxima over ``parts`` consecutive column ranges (n_rows, parts), which
-    log-softmax and candidate selection need anyway: every fault shows in them at no extra
-    cost (a NaN is its range's maximum, +inf is the maximum, and a row that is entirely -inf
-    has only -inf maxima).
+    Returns each row's maxima over ``parts`` consecutive column ranges (n_rows, parts), or
+    its maximum alone (n_rows, 1) where the logits do not split that way (see
+    ``part_maxima``); log-softmax and candidate selection need them anyway, and every fault
+    shows in them at no extra cost (a NaN is its range's maximum, +inf is the maximum, and a
+    row that is entirely -inf has only -inf maxima).
     """
     if not isinstance(logits, np.ndarray) or logits.ndim != 2 or logits.shape[0] != n_rows or (
             vocab_size is not None and logits.shape[1] != vocab_size):
