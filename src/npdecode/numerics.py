@@ -45,7 +45,11 @@ def part_maxima(x: np.ndarray, parts: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=16)
 def _part_starts(n: int, V: int, parts: int) -> np.ndarray:
-    """Flat index (n, parts) of the first entry of each column range of each row, read-only."""
-    starts = np.arange(n)[:, None] * V + np.arange(0, V, V // parts)
-    starts.flags.writeable = False
-    return starts
+    """Flat index (n, parts) of the first entry of each column range of each row."""
+    return read_only(np.arange(n)[:, None] * V + np.arange(0, V, V // parts))
+
+
+def read_only(a: np.ndarray) -> np.ndarray:
+    """``a``, made read-only: for small constant arrays cached and reused across calls."""
+    a.flags.writeable = False
+    return a

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from npdecode.numerics import part_maxima
+from npdecode.numerics import part_maxima, read_only
 from npdecode.search.candidates import log_normalizer, top_candidates
 from npdecode.search.ngrams import ngram_ban_mask
 from npdecode.search.runner import make_runner
@@ -196,9 +196,7 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
 @functools.lru_cache(maxsize=8)
 def _column(n: int) -> np.ndarray:
     """A read-only column 0..n-1, (n, 1)."""
-    col = np.arange(n)[:, None]
-    col.flags.writeable = False
-    return col
+    return read_only(np.arange(n)[:, None])
 
 
 # Each row's maxima over this many column ranges bound an item's K-th best candidate: two

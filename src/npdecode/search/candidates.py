@@ -12,6 +12,8 @@ import functools
 
 import numpy as np
 
+from npdecode.numerics import read_only
+
 
 # Row maxima inside which exp(logits) is summed without first subtracting the max: exp cannot
 # overflow, the sum is at least exp(low), and whatever underflows is below 1e-17 of the sum.
@@ -74,9 +76,7 @@ _CHUNK = 128
 @functools.lru_cache(maxsize=8)
 def _ones(c: int) -> np.ndarray:
     """A read-only float64 vector of c ones (the chunk sums are added by one product)."""
-    ones = np.ones(c)
-    ones.flags.writeable = False
-    return ones
+    return read_only(np.ones(c))
 
 
 def kth_largest(x: np.ndarray, k: int) -> np.ndarray:
@@ -147,9 +147,7 @@ _FEW_SURVIVORS = 64
 @functools.lru_cache(maxsize=8)
 def _upto(k: int) -> np.ndarray:
     """A read-only 0..k-1."""
-    ar = np.arange(k)
-    ar.flags.writeable = False
-    return ar
+    return read_only(np.arange(k))
 
 
 def group_by_item(value: np.ndarray, item: np.ndarray, batch: int
