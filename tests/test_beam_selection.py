@@ -152,7 +152,7 @@ def test_one_beam_per_item_takes_each_rows_best(seed, ties):
 
 
 @pytest.mark.parametrize("V, parts, split", [(1000, 2, True), (1000, 5, True), (12, 3, True),
-                                             (7, 2, False), (1000, 1, False)])
+                                             (7, 2, False), (3, 5, False), (1000, 1, False)])
 def test_part_maxima_are_the_maxima_of_equal_column_ranges(V, parts, split):
     rng = np.random.default_rng(V + parts)
     x = rng.standard_normal((9, V)).astype(np.float32)

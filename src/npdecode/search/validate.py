@@ -144,7 +144,7 @@ def check_logits(logits: np.ndarray, n_rows: int, vocab_size: int | None,
                          f"(one row per sequence, batch items {sorted(set(items.tolist()))})")
     if logits.dtype.kind != "f":
         raise ValueError(f"model returned logits of dtype {logits.dtype}; expected floats")
-    m = part_maxima(logits, min(parts, logits.shape[1]))                   # [n_rows, parts]
+    m = part_maxima(logits, parts)                     # [n_rows, parts] or [n_rows, 1]
     if not np.isfinite(m).all():  # a range of -inf is fine while the row has a real token
         bad = np.isnan(m).any(axis=1) | np.isposinf(m).any(axis=1) | np.isneginf(m).all(axis=1)
         if bad.any():
