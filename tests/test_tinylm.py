@@ -104,6 +104,48 @@ def test_cache_refuses_overflow():
         m.extend(np.array([[4]]), cache)
 
 
+@pytest.mark.parametrize("dims, old, need", [
+    ((2, 5, 3, 4), 7, 9),      # layers, rows, heads, head_dim
+    ((1, 1, 1, 2), 2, 3),      # one block, which never moves
+    ((1, 3, 1, 5), 1, 2),      # every block overlaps its own new place
+    ((3, 4, 2, 3), 10, 50),    # straight to the full width
+])
+def test_cache_stride_grows_in_place_keeping_every_filled_slot(dims, old, need):
+    """Widening the blocks moves each (row, head)'s slots to its new place in the same buffer,
+    never allocating another and never overwriting a block before it has moved."""
+    layers, rows, heads, head_dim = dims
+    cache = cache_module.KVCache(layers=layers, rows=rows, heads=heads, slots=50,
+                                 head_dim=head_dim)
+    cache._lay_out(old)
+    cache.kv[...] = np.random.default_rng(0).standard_normal(cache.kv.shape)
+    before, buffer = cache.kv.copy(), cache._buf
+    cache._make_room(need)
+    assert need <= cache.kv.shape[4] <= 50
+    assert np.shares_memory(cache.kv, buffer) and cache._buf is buffer
+    assert np.array_equal(cache.kv[..., :old, :], before)
+
+
+def test_long_cached_decoding_agrees_with_forward_as_the_blocks_grow():
+    """Sixty steps from a 2-token prompt: the slots per row grow many times, and the later
+    steps read whole blocks whose unfilled slots must not count."""
+    m = TinyLM(vocab_size=30, d_model=8, seed=4)
+    prompts = [[1, 2], [3]]
+    cache = m.new_cache(rows=2, slots=70)
+    m.prefill(prompts, cache)
+    seqs = [list(p) for p in prompts]
+    strides = {cache.k.shape[3]}
+    rng = np.random.default_rng(2)
+    for step in range(60):
+        tokens = rng.integers(0, 30, size=2)
+        seqs = [s + [int(t)] for s, t in zip(seqs, tokens)]
+        logits = m.extend(tokens[:, None], cache)[:, 0]
+        strides.add(cache.k.shape[3])
+        if step % 7 == 0 or step == 59:
+            for r, s in enumerate(seqs):
+                assert np.abs(logits[r] - m.forward(np.array([s]))[0]).max() < 1e-10
+    assert len(strides) > 5 and max(strides) < 70
+
+
 @pytest.mark.parametrize("sort_parents", [True, False])
 @pytest.mark.parametrize("few_rows", [64, 0])  # pairing in Python, with arrays
 @pytest.mark.parametrize("rows", [8, 48])   # few forks copy row by row, many in one gather

@@ -1,15 +1,22 @@
 """A preallocated key/value cache for batched incremental decoding.
 
-Layout: ``k`` and ``v`` are ``(layers, rows, heads, slots, head_dim)`` (two halves of one
-buffer ``kv``). Row ``r`` holds one
-sequence: slots ``start[r] .. end[r]-1`` are real tokens; slots before ``start[r]`` are left
-padding (a batch of prompts of different lengths is written left-padded so that every row's
-next token lands in the same slot) and are never attended to.
+Layout: ``k`` and ``v`` are ``(layers, rows, heads, stride, head_dim)`` (two halves of one
+buffer ``kv``). Row ``r`` holds one sequence: slots ``start[r] .. end[r]-1`` are real tokens;
+slots before ``start[r]`` are left padding (a batch of prompts of different lengths is written
+left-padded so that every row's next token lands in the same slot) and are never attended to.
+
+The buffer is allocated once, for all the ``slots`` the cache was made for, but laid out
+with only ``stride`` slots per (row, head): those in use and a margin. The keys and values
+that the rows attend to then lie in one contiguous run of memory, which streams; the filled
+part of each of many longer blocks is read two to three times slower once the cache
+outgrows the processor's caches. When the rows fill their blocks, the stride grows by a
+quarter and the filled slots move up within the same buffer, a handful of times per
+generation.
 
 The cache is passed to a model's ``prefill``/``extend`` explicitly and filled in place; it is
 never hidden on the model. Beam search reorders it by beam parent with ``fork``: a beam takes
 over its parent's row in place and only the extra children of a parent are copied, into rows
-nobody kept, so the preallocated buffer is never reallocated and most rows never move. Each
+nobody kept, so the buffer is never reallocated and most rows never move. Each
 slot remembers which write produced it (``origin``), so a copy starts where the two rows
 first differ: beams of one prompt share their prompt and usually a long common history.
 ``reorder`` is the plain gather (row i becomes old row ``parents[i]``). Speculative decoding
@@ -25,6 +32,7 @@ from npdecode.attention.flash import FLASH_TILE, flash_attention_fwd
 
 
 _COPY_BLOCK = 32  # at most this many rows per copy in ``fork``
+_GROWTH = 1.25    # a full block grows to at least this many times its slots
 _COPY_SLACK = 8   # slots a row may be copied beyond where it differs, to share a copy
 
 
@@ -34,9 +42,10 @@ class KVCache:
     def __init__(self, *, layers: int, rows: int, heads: int, slots: int, head_dim: int,
                  dtype=np.float64):
         # Keys and values share one buffer, so that copying a row moves both in one call.
-        self.kv = np.zeros((2, layers, rows, heads, slots, head_dim), dtype=dtype)
-        self.k = self.kv[0]  # [L, R, H, S, Dh]
-        self.v = self.kv[1]  # [L, R, H, S, Dh]
+        self._buf = np.zeros(2 * layers * rows * heads * slots * head_dim, dtype=dtype)
+        self._dims = (layers, rows, heads, head_dim)
+        self.slots = slots
+        self._lay_out(slots)
         # Per-row bookkeeping in one array, so that copying rows copies it in one call.
         self._rows = np.zeros((3, rows), dtype=np.int64)
         self.start = self._rows[0]  # [R] first real slot of each row
@@ -70,7 +79,38 @@ class KVCache:
     @property
     def capacity(self) -> tuple[int, int]:
         """(rows, slots) this cache was allocated for."""
-        return self.k.shape[1], self.k.shape[3]
+        return self.k.shape[1], self.slots
+
+    def _lay_out(self, stride: int) -> None:
+        """View the buffer as blocks of ``stride`` slots per (row, head)."""
+        L, R, H, D = self._dims
+        self.kv = self._buf[:2 * L * R * H * stride * D].reshape(2, L, R, H, stride, D)
+        self.k = self.kv[0]  # [L, R, H, stride, Dh]
+        self.v = self.kv[1]  # [L, R, H, stride, Dh]
+
+    def _make_room(self, need: int) -> None:
+        """Give every (row, head) block at least ``need`` slots (at most ``slots``).
+
+        The stride grows by a factor of _GROWTH at least, and every block moves up to its
+        new place in the same buffer: blocks are moved from the last to the first, in runs
+        whose new places start past their old ones, so nothing is overwritten before it
+        is moved (the first few blocks, which overlap their own new places, move through
+        a temporary copy). A generation moves its filled slots a few times in all.
+        """
+        old = self.kv.shape[4]
+        if need <= old:
+            return
+        new = min(self.slots, max(need, int(old * _GROWTH)))
+        a, b = old * self._dims[3], new * self._dims[3]    # elements per block, before/after
+        hi = self._buf.size // (self.slots * self._dims[3])  # blocks: 2 * L * R * H
+        while hi > 1:
+            lo = -(-hi * old // new)  # the run lo..hi-1's new places start at or after hi * a
+            if lo == hi:
+                lo = 0
+            self._buf[lo * b:hi * b].reshape(hi - lo, b)[:, :a] = (
+                self._buf[lo * a:hi * a].reshape(hi - lo, a))
+            hi = lo
+        self._lay_out(new)
 
     def begin(self, lengths: np.ndarray, width: int) -> None:
         """Prepare rows 0..n-1 for a left-padded block of ``width`` tokens.
@@ -85,6 +125,7 @@ class KVCache:
         self.n = n
         self.start[:n] = width - lengths
         self.end[:n] = 0
+        self._lay_out(min(slots, max(width, int(width * _GROWTH))))
         self.group[:n] = np.arange(n)
         self._changed()
 
@@ -109,14 +150,16 @@ class KVCache:
             return
         _, e = self._bounds()
         if e is not None:  # the common case: every row is at the same slot
-            if e + t > self.k.shape[3]:
-                raise ValueError(f"KV cache full: {self.k.shape[3]} slots, need {e + t}")
+            if e + t > self.slots:
+                raise ValueError(f"KV cache full: {self.slots} slots, need {e + t}")
+            self._make_room(e + t)
             self.k[layer, :n, :, e:e + t] = k
             self.v[layer, :n, :, e:e + t] = v
             return
         end = self.end[:n]
-        if int(end.max()) + t > self.k.shape[3]:
-            raise ValueError(f"KV cache full: {self.k.shape[3]} slots, need {int(end.max()) + t}")
+        if int(end.max()) + t > self.slots:
+            raise ValueError(f"KV cache full: {self.slots} slots, need {int(end.max()) + t}")
+        self._make_room(int(end.max()) + t)
         rows = np.arange(n)[:, None]                # [n, 1]
         slots = end[:, None] + np.arange(t)         # [n, t]
         # Advanced indices split by a slice put their broadcast dims first: [n, t, H, Dh].
@@ -148,6 +191,12 @@ class KVCache:
             vals = self.v[layer, :n, :, k_lo:hi]    # [n, H, t + e - k_lo, Dh]
             return flash_attention_fwd(q, keys, vals, FLASH_TILE, causal=True,
                                        key_start=self.start[:n] - k_lo, scale=scale)  # [n,H,t,Dh]
+        stride = self.k.shape[3]
+        if 2 * (hi - lo) >= stride:
+            # Whole blocks, read as one contiguous run, rather than slots lo..hi-1 of each
+            # (see the module docstring). Slots past a row's end hold zeros or keys and values
+            # an earlier write left there, finite either way, and are masked: weight 0.
+            lo, hi = 0, stride
         keys = self.k[layer, :n, :, lo:hi]          # [n, H, W, Dh]
         vals = self.v[layer, :n, :, lo:hi]          # [n, H, W, Dh]
         visible, hidden = self._visible_mask(n, t, lo, hi)
@@ -160,7 +209,8 @@ class KVCache:
         key = (n, t, lo, hi)
         if self._visible is None or self._visible[0] != key:
             slot = np.arange(lo, hi)                                        # [W]
-            if self._common is not None and t == 1:  # one query per row, at the last slot
+            if t == 1 and self._common is not None and hi == self._common + 1:
+                # one query per row, at the last slot read
                 visible = slot >= self.start[:n, None]                      # [n, W]
             else:
                 qslot = self.end[:n, None] + np.arange(t)                   # [n, t]
