@@ -136,6 +136,18 @@ def test_at_or_above_matches_the_plain_comparison_and_leaves_numpy_settings(V, r
     np.testing.assert_array_equal(got, np.flatnonzero(x >= threshold[:, None]))
 
 
+@pytest.mark.parametrize("shape", [(0, 8), (3, 8), (7, 1000), (5, 13), (1, 3)])
+@pytest.mark.parametrize("density", [0.0, 0.001, 0.3, 1.0])
+def test_sparse_flatnonzero_finds_every_true_entry_in_order(shape, density):
+    rng = np.random.default_rng(shape[1])
+    mask = rng.random(shape) < density
+    got = candidates.sparse_flatnonzero(mask)
+    np.testing.assert_array_equal(got, np.flatnonzero(mask))
+    assert got.dtype == np.flatnonzero(mask).dtype
+    # a view that is not contiguous takes the plain path
+    np.testing.assert_array_equal(candidates.sparse_flatnonzero(mask.T), np.flatnonzero(mask.T))
+
+
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("seed", range(4))
 def test_one_beam_per_item_takes_each_rows_best(seed, ties):
