@@ -125,9 +125,12 @@ def test_cache_stride_grows_in_place_keeping_every_filled_slot(dims, old, need):
     assert np.array_equal(cache.kv[..., :old, :], before)
 
 
-def test_long_cached_decoding_agrees_with_forward_as_the_blocks_grow():
+@pytest.mark.parametrize("whole_bytes", [0, 1 << 60])  # whole blocks (and growth), or never
+def test_long_cached_decoding_agrees_with_forward_as_the_blocks_grow(whole_bytes, monkeypatch):
     """Sixty steps from a 2-token prompt: the slots per row grow many times, and the later
-    steps read whole blocks whose unfilled slots must not count."""
+    steps read whole blocks whose unfilled slots must not count. (A cache this small reads
+    whole blocks only with the size limit lowered.)"""
+    monkeypatch.setattr(cache_module, "_WHOLE_BYTES", whole_bytes)
     m = TinyLM(vocab_size=30, d_model=8, seed=4)
     prompts = [[1, 2], [3]]
     cache = m.new_cache(rows=2, slots=70)
@@ -143,7 +146,7 @@ def test_long_cached_decoding_agrees_with_forward_as_the_blocks_grow():
         if step % 7 == 0 or step == 59:
             for r, s in enumerate(seqs):
                 assert np.abs(logits[r] - m.forward(np.array([s]))[0]).max() < 1e-10
-    assert len(strides) > 5 and max(strides) < 70
+    assert (len(strides) > 5 and max(strides) < 70) if whole_bytes == 0 else strides == {70}
 
 
 @pytest.mark.parametrize("sort_parents", [True, False])

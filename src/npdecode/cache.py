@@ -32,6 +32,7 @@ from npdecode.attention.flash import FLASH_TILE, flash_attention_fwd
 
 
 _COPY_BLOCK = 32  # at most this many rows per copy in ``fork``
+_WHOLE_BYTES = 4 << 20
 _GROWTH = 1.25    # a full block grows to at least this many times its slots
 _COPY_SLACK = 8   # slots a row may be copied beyond where it differs, to share a copy
 
@@ -44,6 +45,7 @@ class KVCache:
         # Keys and values share one buffer, so that copying a row moves both in one call.
         self._buf = np.zeros(2 * layers * rows * heads * slots * head_dim, dtype=dtype)
         self._dims = (layers, rows, heads, head_dim)
+        self._block_bytes = heads * head_dim * self._buf.itemsize  # a row's keys, per slot
         self.slots = slots
         self._lay_out(slots)
         # Per-row bookkeeping in one array, so that copying rows copies it in one call.
@@ -89,7 +91,7 @@ class KVCache:
         self.v = self.kv[1]  # [L, R, H, stride, Dh]
 
     def _make_room(self, need: int) -> None:
-        """Give every (row, head) block at least ``need`` slots (at most ``slots``).
+        """Give every (row, head) block at least ``need`` slots; refuse more than ``slots``.
 
         The stride grows by a factor of _GROWTH at least, and every block moves up to its
         new place in the same buffer: blocks are moved from the last to the first, in runs
@@ -97,9 +99,9 @@ class KVCache:
         is moved (the first few blocks, which overlap their own new places, move through
         a temporary copy). A generation moves its filled slots a few times in all.
         """
+        if need > self.slots:
+            raise ValueError(f"KV cache full: {self.slots} slots, need {need}")
         old = self.kv.shape[4]
-        if need <= old:
-            return
         new = min(self.slots, max(need, int(old * _GROWTH)))
         a, b = old * self._dims[3], new * self._dims[3]    # elements per block, before/after
         hi = self._buf.size // (self.slots * self._dims[3])  # blocks: 2 * L * R * H
@@ -125,7 +127,10 @@ class KVCache:
         self.n = n
         self.start[:n] = width - lengths
         self.end[:n] = 0
-        self._lay_out(min(slots, max(width, int(width * _GROWTH))))
+        # Blocks that grow with the rows pay only where whole blocks will be read (attend):
+        # smaller caches keep one block of all their slots and never move.
+        whole = self._buf.nbytes // (2 * self._dims[0]) >= _WHOLE_BYTES  # keys of one layer
+        self._lay_out(min(slots, max(width, int(width * _GROWTH))) if whole else slots)
         self.group[:n] = np.arange(n)
         self._changed()
 
@@ -150,16 +155,14 @@ class KVCache:
             return
         _, e = self._bounds()
         if e is not None:  # the common case: every row is at the same slot
-            if e + t > self.slots:
-                raise ValueError(f"KV cache full: {self.slots} slots, need {e + t}")
-            self._make_room(e + t)
+            if e + t > self.k.shape[3]:
+                self._make_room(e + t)
             self.k[layer, :n, :, e:e + t] = k
             self.v[layer, :n, :, e:e + t] = v
             return
         end = self.end[:n]
-        if int(end.max()) + t > self.slots:
-            raise ValueError(f"KV cache full: {self.slots} slots, need {int(end.max()) + t}")
-        self._make_room(int(end.max()) + t)
+        if int(end.max()) + t > self.k.shape[3]:
+            self._make_room(int(end.max()) + t)
         rows = np.arange(n)[:, None]                # [n, 1]
         slots = end[:, None] + np.arange(t)         # [n, t]
         # Advanced indices split by a slice put their broadcast dims first: [n, t, H, Dh].
@@ -192,7 +195,7 @@ class KVCache:
             return flash_attention_fwd(q, keys, vals, FLASH_TILE, causal=True,
                                        key_start=self.start[:n] - k_lo, scale=scale)  # [n,H,t,Dh]
         stride = self.k.shape[3]
-        if 2 * (hi - lo) >= stride:
+        if 2 * (hi - lo) >= stride and n * self._block_bytes * stride >= _WHOLE_BYTES:
             # Whole blocks, read as one contiguous run, rather than slots lo..hi-1 of each
             # (see the module docstring). Slots past a row's end hold zeros or keys and values
             # an earlier write left there, finite either way, and are masked: weight 0.
@@ -209,9 +212,10 @@ class KVCache:
         key = (n, t, lo, hi)
         if self._visible is None or self._visible[0] != key:
             slot = np.arange(lo, hi)                                        # [W]
-            if t == 1 and self._common is not None and hi == self._common + 1:
-                # one query per row, at the last slot read
+            if t == 1 and self._common is not None:  # one query per row, at slot _common
                 visible = slot >= self.start[:n, None]                      # [n, W]
+                if hi > self._common + 1:  # whole blocks: the slots past it are empty
+                    visible &= slot <= self._common
             else:
                 qslot = self.end[:n, None] + np.arange(t)                   # [n, t]
                 visible = ((slot >= self.start[:n, None, None])

@@ -36,8 +36,8 @@ def part_maxima(x: np.ndarray, parts: int) -> np.ndarray:
     what ``max`` takes for one; on rows of a hundred, one costs a third).
     """
     n, V = x.shape
-    if V % parts or not x.flags.c_contiguous or not x.size:
-        return x.max(axis=1, keepdims=True)
+    if V % parts or not x.flags.c_contiguous or not x.size or (parts == 1 and n < 32):
+        return x.max(axis=1, keepdims=True)  # (one maximum of a few rows: max has fewer calls)
     flat = x.reshape(n * parts, V // parts).argmax(axis=1).reshape(n, parts)
     flat += _part_starts(n, V, parts)                      # flat indices of the maxima
     return np.take(x, flat)

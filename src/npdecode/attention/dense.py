@@ -31,12 +31,20 @@ def dense_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, visible: np.nda
     # Row maxima and sums over the flattened rows: the reductions along a short last axis
     # cost several times more per row. einsum's sum is unrolled rather than pairwise; over
     # weights in (0, 1] its rounding stays within that of the products around it.
-    scores -= part_maxima(scores.reshape(-1, W), 1).reshape(*scores.shape[:-1], 1)
-    weights = np.exp(scores, out=scores)
-    total = np.einsum("...j->...", weights)[..., None]                  # [..., tq, 1]
+    if scores.size >= _MANY_ROWS * W:
+        scores -= part_maxima(scores.reshape(-1, W), 1).reshape(*scores.shape[:-1], 1)
+        weights = np.exp(scores, out=scores)
+        total = np.einsum("...j->...", weights)[..., None]              # [..., tq, 1]
+    else:  # on fewer rows the plain reductions cost less than the reshapes around them
+        scores -= scores.max(axis=-1, keepdims=True)
+        weights = np.exp(scores, out=scores)
+        total = weights.sum(axis=-1, keepdims=True)
     out = weights @ v                                                   # [..., tq, Dv]
     out /= total
     return out
+
+
+_MANY_ROWS = 256  # score rows from which the reductions over flattened rows pay
 
 
 def causal_mask(t: int) -> np.ndarray:

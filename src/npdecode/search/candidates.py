@@ -142,8 +142,8 @@ def sparse_flatnonzero(mask: np.ndarray) -> np.ndarray:
     that hold a True are then looked at byte by byte. At 256k entries with a few hundred
     True, half the time of ``flatnonzero``.
     """
-    if mask.size % 8 or not mask.flags.c_contiguous:
-        return np.flatnonzero(mask)
+    if mask.size < _MANY_ELEMENTS or mask.size % 8 or not mask.flags.c_contiguous:
+        return np.flatnonzero(mask)  # (on a few rows, the fewer calls of the plain way pay)
     words = mask.reshape(-1).view(np.uint64)
     some = np.flatnonzero(words != 0)                                     # words with a True
     hit = np.flatnonzero(words[some].view(np.bool_))        # bytes of those words, in order
