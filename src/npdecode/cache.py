@@ -5,13 +5,14 @@ buffer ``kv``). Row ``r`` holds one sequence: slots ``start[r] .. end[r]-1`` are
 slots before ``start[r]`` are left padding (a batch of prompts of different lengths is written
 left-padded so that every row's next token lands in the same slot) and are never attended to.
 
-The buffer is allocated once, for all the ``slots`` the cache was made for, but laid out
-with only ``stride`` slots per (row, head): those in use and a margin. The keys and values
-that the rows attend to then lie in one contiguous run of memory, which streams; the filled
-part of each of many longer blocks is read two to three times slower once the cache
-outgrows the processor's caches. When the rows fill their blocks, the stride grows by a
-quarter and the filled slots move up within the same buffer, a handful of times per
-generation.
+The buffer is allocated once, for all the ``slots`` the cache was made for. A large cache
+(at least ``_WHOLE_BYTES`` of keys per layer) is laid out with only ``stride`` slots per
+(row, head), those in use and a margin, and attention reads whole blocks: the keys and values
+it needs then lie in one contiguous run of memory, which streams, where the filled part of
+each of many longer blocks is read two to three times slower once the cache no longer fits
+in the processor's caches. When the rows fill their blocks, the stride grows by a quarter
+and the filled slots move up within the same buffer, a handful of times per generation. A
+smaller cache keeps all its slots in every block from the start and never moves.
 
 The cache is passed to a model's ``prefill``/``extend`` explicitly and filled in place; it is
 never hidden on the model. Beam search reorders it by beam parent with ``fork``: a beam takes
@@ -32,9 +33,9 @@ from npdecode.attention.flash import FLASH_TILE, flash_attention_fwd
 
 
 _COPY_BLOCK = 32  # at most this many rows per copy in ``fork``
-_WHOLE_BYTES = 4 << 20
-_GROWTH = 1.25    # a full block grows to at least this many times its slots
 _COPY_SLACK = 8   # slots a row may be copied beyond where it differs, to share a copy
+_WHOLE_BYTES = 4 << 20  # keys per layer from which blocks grow and are read whole
+_GROWTH = 1.25    # a full block grows to at least this many times its slots
 
 
 class KVCache:
@@ -127,8 +128,8 @@ class KVCache:
         self.n = n
         self.start[:n] = width - lengths
         self.end[:n] = 0
-        # Blocks that grow with the rows pay only where whole blocks will be read (attend):
-        # smaller caches keep one block of all their slots and never move.
+        # Blocks grow with the rows only in a cache whose blocks will be read whole (see the
+        # module docstring); a smaller one keeps all its slots in every block.
         whole = self._buf.nbytes // (2 * self._dims[0]) >= _WHOLE_BYTES  # keys of one layer
         self._lay_out(min(slots, max(width, int(width * _GROWTH))) if whole else slots)
         self.group[:n] = np.arange(n)
@@ -197,8 +198,9 @@ class KVCache:
         stride = self.k.shape[3]
         if 2 * (hi - lo) >= stride and n * self._block_bytes * stride >= _WHOLE_BYTES:
             # Whole blocks, read as one contiguous run, rather than slots lo..hi-1 of each
-            # (see the module docstring). Slots past a row's end hold zeros or keys and values
-            # an earlier write left there, finite either way, and are masked: weight 0.
+            # (see the module docstring), once those are at least half of every block. Slots
+            # past a row's end hold zeros or keys and values an earlier write left there,
+            # finite either way, and are masked: weight 0.
             lo, hi = 0, stride
         keys = self.k[layer, :n, :, lo:hi]          # [n, H, W, Dh]
         vals = self.v[layer, :n, :, lo:hi]          # [n, H, W, Dh]
