@@ -122,9 +122,8 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
         maxima = part_maxima(x, parts_for(K, x.shape[1]))
     # log-softmax = (x - shift) - lse by row (shift None: 0; rows with huge logits shift)
     shift, lse = log_normalizer(x, maxima)                                # [n] each
-    part_max = maxima.astype(np.float64)                                  # [n, c]
-    if shift is not None:
-        part_max -= shift[:, None]
+    # [n, c]; in x's dtype where no row is shifted (sums with float64 offsets are float64)
+    part_max = maxima if shift is None else maxima - shift[:, None]
     if rows is not None:  # into sequence order
         part_max, lse = part_max[rows], lse[rows]
         shift = None if shift is None else shift[rows]

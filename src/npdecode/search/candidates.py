@@ -192,9 +192,9 @@ def top_candidates(x: np.ndarray, part_max: np.ndarray, offset: np.ndarray, item
 
     Sequences are numbered 0..n-1, grouped by item in item order: ``item`` (n,) is each
     sequence's batch item, ``offset`` (n,) what its candidates add to their logit,
-    ``part_max`` (n, c) its largest logits (less its shift) in c disjoint column ranges, in
-    float64 (more ranges: a tighter bound, fewer survivors). ``x`` (n, V) holds the logits in
-    the model's dtype (candidate logprobs are formed in float64); sequence i's are row
+    ``part_max`` (n, c) its largest logits (less its shift) in c disjoint column ranges
+    (more ranges: a tighter bound, fewer survivors). ``x`` (n, V) holds the logits in the
+    model's dtype; ``offset`` is float64, so candidate logprobs are float64; sequence i's are row
     ``rows[i]`` (default: row i), so logits need not be gathered into sequence order first.
     ``banned`` (n, V), if given, marks tokens that are never candidates (then ``rows`` must be
     None). Ties go to the lower sequence (the parent's place in the pool), then the higher
@@ -218,7 +218,7 @@ def top_candidates(x: np.ndarray, part_max: np.ndarray, offset: np.ndarray, item
     threshold = np.nextafter(threshold.astype(x.dtype), -np.inf)
     if rows is not None:  # thresholds and sequence numbers in x's row order
         seq_of_row = np.empty(n, dtype=np.int64)
-        seq_of_row[rows] = np.arange(n)
+        seq_of_row[rows] = _upto(n)
         threshold = threshold[seq_of_row]
     flat = at_or_above(x, threshold)                       # [C] in (row, token) order
     if len(flat) > 4 * k * n:
@@ -232,8 +232,8 @@ def top_candidates(x: np.ndarray, part_max: np.ndarray, offset: np.ndarray, item
     seq = flat // V
     if rows is not None:
         seq = seq_of_row[seq]
-    logit = x.ravel()[flat].astype(np.float64)
-    value = offset[seq] + (logit if shift is None else logit - shift[seq])  # [C]
+    logit = x.ravel()[flat]                  # [C] in x's dtype (float64 arithmetic below)
+    value = offset[seq] + (logit if shift is None else logit - shift[seq])  # [C] float64
     if k == 1 and len(flat) == n == batch and rows is None and banned is None:
         # One sequence per item, in item order, and one survivor each: its best (K = 1).
         return value[:, None], seq[:, None], (flat % V)[:, None]
