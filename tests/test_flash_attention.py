@@ -371,3 +371,42 @@ def test_dense_attention_matches_naive(dtype, nq, nk):
                    tol=1e-5 if dtype == np.float32 else 1e-12)
     # the mask's negation, when a caller passes it, gives the same numbers
     np.testing.assert_array_equal(dense_attention(Q, K, V, visible, scale, ~visible), out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", ["moderate", "large", "far_below", "all_hidden"])
+def test_dense_attention_on_many_rows_with_and_without_the_max_shift(dtype, case):
+    """Decoding-step shapes (many rows, one query each): moderate scores take the weights
+    without each row's max subtracted; a score large enough to overflow exp, a row whose
+    scores all lie far below zero, or a row with every key hidden take the shifted way. Each
+    row must equal the softmax written out in float64 (a hidden-only row: the uniform
+    average the dense path defines)."""
+    from npdecode.attention.dense import dense_attention
+    rng = np.random.default_rng(7)
+    B, H, W, D = 130, 2, 12, 8                                # 260 rows of scores
+    Q = rng.standard_normal((B, H, 1, D))
+    K = rng.standard_normal((B, H, W, D))
+    V = rng.standard_normal((B, H, W, D))
+    visible = np.ones((B, 1, 1, W), dtype=bool)
+    visible[:, :, :, :3] = False                              # left padding, as in the cache
+    if case == "large":
+        Q[5] *= 300.0                                         # one item's scores reach ~1e3
+    elif case == "far_below":  # one item's scores from -104 to -98.5, whose exp are
+        #                          float32 subnormals: the shift must not be skipped there
+        target = -104.0 + 0.5 * np.arange(W)                                  # [W]
+        q = Q[9, :, 0]                                                        # [H, D]
+        K[9] = q[:, None, :] * (target[None, :, None] * np.sqrt(D)
+                                / (q * q).sum(axis=-1)[:, None, None])
+    elif case == "all_hidden":
+        visible[11] = False
+    scale = 1 / np.sqrt(D)
+    s = np.einsum("bhqd,bhkd->bhqk", Q, K) * scale
+    s = np.where(visible, s, -np.inf)
+    m = s.max(axis=-1, keepdims=True)
+    w = np.exp(s - np.where(np.isfinite(m), m, 0.0))
+    with np.errstate(invalid="ignore"):  # 0 / 0 on a row with every key hidden, set below
+        ref = np.einsum("bhqk,bhkd->bhqd", w, V) / w.sum(axis=-1, keepdims=True)
+    ref[11] = V[11].mean(axis=1, keepdims=True) if case == "all_hidden" else ref[11]
+    out = dense_attention(Q.astype(dtype), K.astype(dtype), V.astype(dtype), visible, scale)
+    assert out.dtype == dtype
+    assert_matches(out, ref, tol=1e-5 if dtype == np.float32 else 1e-12)

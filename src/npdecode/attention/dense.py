@@ -28,10 +28,22 @@ def dense_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, visible: np.nda
         scores = q @ np.swapaxes(k, -1, -2)
         scores *= scale
     np.copyto(scores, MASK, where=~visible if hidden is None else hidden)
-    # Row maxima and sums over the flattened rows: the reductions along a short last axis
-    # cost several times more per row. einsum's sum is unrolled rather than pairwise; over
-    # weights in (0, 1] its rounding stays within that of the products around it.
     if scores.size >= _MANY_ROWS * W:
+        # On many rows, reductions along the short last axis cost several times more per row
+        # than over the flattened rows. Where no score is large enough for exp to overflow,
+        # the weights are taken without subtracting each row's max (the same weights up to
+        # rounding, as the shift cancels in the division) unless that left some row's
+        # weights so small that they lost precision, or none (a row whose keys are all
+        # hidden); then each row is shifted by its max. einsum's sum is unrolled rather
+        # than pairwise: over these few terms its rounding stays within the products'.
+        low, high = _UNSHIFTED.get(scores.dtype.type, (0.0, -np.inf))
+        if scores.max() < high:
+            weights = np.exp(scores)
+            total = np.einsum("...j->...", weights)[..., None]          # [..., tq, 1]
+            if total.min() >= low:
+                out = weights @ v                                       # [..., tq, Dv]
+                out /= total
+                return out
         scores -= part_maxima(scores.reshape(-1, W), 1).reshape(*scores.shape[:-1], 1)
         weights = np.exp(scores, out=scores)
         total = np.einsum("...j->...", weights)[..., None]              # [..., tq, 1]
@@ -45,6 +57,12 @@ def dense_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, visible: np.nda
 
 
 _MANY_ROWS = 256  # score rows from which the reductions over flattened rows pay
+
+# (least weight sum of any row, score bound) for exponentiating scores as they are: below
+# the bound exp cannot overflow; a row whose weights sum to at least the least has its
+# largest weight above 1e-34 (float32) or 1e-300 (float64) at up to 1e4 keys, where every
+# weight that matters to the sum is still a normal number.
+_UNSHIFTED = {np.float32: (1e-30, 80.0), np.float64: (1e-295, 700.0)}
 
 
 def causal_mask(t: int) -> np.ndarray:
