@@ -29,31 +29,37 @@ def dense_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, visible: np.nda
         scores *= scale
     np.copyto(scores, MASK, where=~visible if hidden is None else hidden)
     if scores.size >= _MANY_ROWS * W:
-        # On many rows, reductions along the short last axis cost several times more per row
-        # than over the flattened rows. Where no score is large enough for exp to overflow,
-        # the weights are taken without subtracting each row's max (the same weights up to
-        # rounding, as the shift cancels in the division) unless that left some row's
-        # weights so small that they lost precision, or none (a row whose keys are all
-        # hidden); then each row is shifted by its max. einsum's sum is unrolled rather
-        # than pairwise: over these few terms its rounding stays within the products'.
-        low, high = _UNSHIFTED.get(scores.dtype.type, (0.0, -np.inf))
-        if scores.max() < high:
-            weights = np.exp(scores)
-            total = np.einsum("...j->...", weights)[..., None]          # [..., tq, 1]
-            if total.min() >= low:
-                out = weights @ v                                       # [..., tq, Dv]
-                out /= total
-                return out
-        scores -= part_maxima(scores.reshape(-1, W), 1).reshape(*scores.shape[:-1], 1)
-        weights = np.exp(scores, out=scores)
-        total = np.einsum("...j->...", weights)[..., None]              # [..., tq, 1]
+        weights, total = _weights_of_many_rows(scores)
     else:  # on fewer rows the plain reductions cost less than the reshapes around them
         scores -= scores.max(axis=-1, keepdims=True)
         weights = np.exp(scores, out=scores)
-        total = weights.sum(axis=-1, keepdims=True)
+        total = weights.sum(axis=-1, keepdims=True)                     # [..., tq, 1]
     out = weights @ v                                                   # [..., tq, Dv]
     out /= total
     return out
+
+
+def _weights_of_many_rows(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unnormalized softmax weights of scores (..., W) and their sums (..., 1), for many rows.
+
+    Reductions along the short last axis cost several times more per row than over the
+    flattened rows. Where no score is large enough for exp to overflow, the weights are taken
+    without subtracting each row's max (the same weights up to rounding: the shift cancels in
+    the division), unless that left some row's weights so small that they lost precision, or
+    none (a row whose keys are all hidden); then each row is shifted by its max (in place).
+    einsum's sum is unrolled rather than pairwise: over these few terms its rounding stays
+    within that of the products around it.
+    """
+    low, high = _UNSHIFTED.get(scores.dtype.type, (0.0, -np.inf))
+    if scores.max() < high:
+        weights = np.exp(scores)
+        total = np.einsum("...j->...", weights)[..., None]
+        if total.min() >= low:
+            return weights, total
+    W = scores.shape[-1]
+    scores -= part_maxima(scores.reshape(-1, W), 1).reshape(*scores.shape[:-1], 1)
+    weights = np.exp(scores, out=scores)
+    return weights, np.einsum("...j->...", weights)[..., None]
 
 
 _MANY_ROWS = 256  # score rows from which the reductions over flattened rows pay
