@@ -72,9 +72,12 @@ def prompts_for(batch: int, vocab: int, seed: int = 0) -> list[list[int]]:
     return [rng.integers(1, vocab, size=rng.integers(4, 17)).tolist() for _ in range(batch)]
 
 
-def median_time(fn, runs: int) -> float:
+def median_time(fn, runs: int, before=None) -> float:
+    """Median seconds of ``fn()`` over ``runs`` calls (each after ``before()``, if given)."""
     times = []
     for _ in range(runs):
+        if before is not None:
+            before()
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)

@@ -19,21 +19,9 @@ time per product for each layout and filled width.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
-
-
-def median_cold(fn, runs: int, flush: np.ndarray) -> float:
-    """Median seconds of ``fn()`` over ``runs`` calls, each after a pass over ``flush``."""
-    times = []
-    for _ in range(runs):
-        flush += 1.0
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from bench_beam import median_time
 
 
 def main() -> None:
@@ -56,6 +44,10 @@ def main() -> None:
     rng = np.random.default_rng(0)
     R, H, D, S = args.rows, args.heads, args.head_dim, args.slots
     flush = np.zeros(args.flush_mib * 2**20 // 4, dtype=np.float32)
+
+    def flush_caches():  # one pass over a buffer larger than the last-level cache
+        np.add(flush, 1.0, out=flush)
+
     q = rng.standard_normal((R, H, 1, D)).astype(np.float32)
     long_k = rng.standard_normal((R, H, S, D)).astype(np.float32)
     long_v = rng.standard_normal((R, H, S, D)).astype(np.float32)
@@ -70,7 +62,7 @@ def main() -> None:
         w = rng.random((R, H, 1, W)).astype(np.float32)
         k_strided, v_strided = long_k[:, :, :W], long_v[:, :, :W]
         assert np.allclose(q @ np.swapaxes(k_strided, -1, -2), q @ np.swapaxes(k_whole, -1, -2))
-        t = {name: median_cold(fn, args.runs, flush) * 1e6 for name, fn in [
+        t = {name: median_time(fn, args.runs, before=flush_caches) * 1e6 for name, fn in [
             ("qk strided", lambda: q @ np.swapaxes(k_strided, -1, -2)),
             ("qk whole", lambda: q @ np.swapaxes(k_whole, -1, -2)),
             ("wv strided", lambda: w @ v_strided),
