@@ -6,13 +6,14 @@ slots before ``start[r]`` are left padding (a batch of prompts of different leng
 left-padded so that every row's next token lands in the same slot) and are never attended to.
 
 The buffer is allocated once, for all the ``slots`` the cache was made for. A large cache
-(at least ``_WHOLE_BYTES`` of keys per layer) is laid out with only ``stride`` slots per
+(``_WHOLE_BYTES`` of keys and values or more) is laid out with only ``stride`` slots per
 (row, head), those in use and a margin, and attention reads whole blocks: the keys and values
 it needs then lie in one contiguous run of memory, which streams, where the filled part of
-each of many longer blocks is read two to three times slower once the cache no longer fits
-in the processor's caches. When the rows fill their blocks, the stride grows by a quarter
-and the filled slots move up within the same buffer, a handful of times per generation. A
-smaller cache keeps all its slots in every block from the start and never moves.
+each of many longer blocks is read two to three times slower once the cache no longer stays
+in the processor's caches from one step to the next. When the rows fill their blocks, the
+stride grows by a quarter and the filled slots move up within the same buffer, a handful of
+times per generation. A smaller cache keeps all its slots in every block from the start and
+never moves: there the growth and the masked slots would cost more than they save.
 
 The cache is passed to a model's ``prefill``/``extend`` explicitly and filled in place; it is
 never hidden on the model. Beam search reorders it by beam parent with ``fork``: a beam takes
@@ -34,7 +35,7 @@ from npdecode.attention.flash import FLASH_TILE, flash_attention_fwd
 
 _COPY_BLOCK = 32  # at most this many rows per copy in ``fork``
 _COPY_SLACK = 8   # slots a row may be copied beyond where it differs, to share a copy
-_WHOLE_BYTES = 4 << 20  # keys per layer from which blocks grow and are read whole
+_WHOLE_BYTES = 16 << 20  # keys and values from which blocks grow and are read whole
 _GROWTH = 1.25    # a full block grows to at least this many times its slots
 
 
@@ -46,7 +47,7 @@ class KVCache:
         # Keys and values share one buffer, so that copying a row moves both in one call.
         self._buf = np.zeros(2 * layers * rows * heads * slots * head_dim, dtype=dtype)
         self._dims = (layers, rows, heads, head_dim)
-        self._block_bytes = heads * head_dim * self._buf.itemsize  # a row's keys, per slot
+        self._whole = False  # blocks grow with the rows and are read whole (set by begin)
         self.slots = slots
         self._lay_out(slots)
         # Per-row bookkeeping in one array, so that copying rows copies it in one call.
@@ -128,10 +129,10 @@ class KVCache:
         self.n = n
         self.start[:n] = width - lengths
         self.end[:n] = 0
-        # Blocks grow with the rows only in a cache whose blocks will be read whole (see the
-        # module docstring); a smaller one keeps all its slots in every block.
-        whole = self._buf.nbytes // (2 * self._dims[0]) >= _WHOLE_BYTES  # keys of one layer
-        self._lay_out(min(slots, max(width, int(width * _GROWTH))) if whole else slots)
+        # Blocks grow with the rows, and are read whole, only in a large cache (see the module
+        # docstring); a smaller one keeps all its slots in every block.
+        self._whole = self._buf.nbytes >= _WHOLE_BYTES
+        self._lay_out(min(slots, max(width, int(width * _GROWTH))) if self._whole else slots)
         self.group[:n] = np.arange(n)
         self._changed()
 
@@ -196,7 +197,7 @@ class KVCache:
             return flash_attention_fwd(q, keys, vals, FLASH_TILE, causal=True,
                                        key_start=self.start[:n] - k_lo, scale=scale)  # [n,H,t,Dh]
         stride = self.k.shape[3]
-        if 2 * (hi - lo) >= stride and n * self._block_bytes * stride >= _WHOLE_BYTES:
+        if self._whole and 2 * (hi - lo) >= stride:
             # Whole blocks, read as one contiguous run, rather than slots lo..hi-1 of each
             # (see the module docstring), once those are at least half of every block. Slots
             # past a row's end hold zeros or keys and values an earlier write left there,
