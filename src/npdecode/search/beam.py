@@ -132,9 +132,8 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     offset = logprob - lse                                                # [n]
     if banned is not None:  # banned tokens are never chosen; bound the rest
         x = np.where(banned, -np.inf, x)
-        part_max = part_maxima(x, part_max.shape[1]).astype(np.float64)
-        if shift is not None:
-            part_max -= shift[:, None]
+        maxima = part_maxima(x, part_max.shape[1])
+        part_max = maxima if shift is None else maxima - shift[:, None]
 
     # Only an item's K best candidates can enter its pool: every unfinished hypothesis of an
     # item has the same length, so candidates rank by logprob alone. These K are always among

@@ -113,7 +113,7 @@ def candidate_bounds(best: np.ndarray, offset: np.ndarray, x: np.ndarray, item: 
     if few.any():
         k_row = min(k, x.shape[1])  # a row cannot offer more candidates than the vocabulary
         few_x = x[few] if rows is None else x[rows[few]]
-        kth = kth_largest(few_x, k_row).astype(np.float64)
+        kth = kth_largest(few_x, k_row)   # in x's dtype; the float64 offsets promote it
         bound[few] = offset[few] + (kth if shift is None else kth - shift[few])
     return bound
 
@@ -151,7 +151,8 @@ def sparse_flatnonzero(mask: np.ndarray) -> np.ndarray:
 
 
 _ROW_BUFFER = 512       # elements; a multiple of 16, as NumPy requires
-_MANY_ELEMENTS = 32768  # from about this many (32 rows of 1000) the smaller buffer pays
+_MANY_ELEMENTS = 32768  # from about this many (32 rows of 1000) the smaller buffer and the
+#                         word-wise survivor search pay for their extra calls
 
 
 # Beyond this many survivors of the threshold, sorting them all by the four keys of the tie
