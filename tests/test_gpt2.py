@@ -9,7 +9,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from npdecode.models.gpt2 import GPT2, fold_layer_norm, layer_norm, standardize  # noqa: E402
+from npdecode.models.gpt2 import (SCALED_ACTIVATIONS, GPT2, fold_layer_norm,  # noqa: E402
+                                  layer_norm, standardize)
 from npdecode.models.protocol import is_cached  # noqa: E402
 from random_gpt2 import random_gpt2  # noqa: E402
 
@@ -50,6 +51,19 @@ def test_layer_norm_and_its_fold_into_the_next_layer_match_torch_layer_norm():
     w_folded, c_folded = fold_layer_norm(g, b, w, c, np.float64)
     np.testing.assert_allclose(standardize(x, eps) @ w_folded + c_folded, ref @ w + c,
                                atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(SCALED_ACTIVATIONS))
+def test_scaled_activation_equals_torch_tanh_gelu(name):
+    # The model computes the activation as r * f(s * x) with s and r folded into its weights.
+    f, s, r = SCALED_ACTIVATIONS[name]
+    x = np.linspace(-12.0, 12.0, 4001)
+    ref = torch.nn.functional.gelu(torch.tensor(x), approximate="tanh").numpy()
+    np.testing.assert_allclose(r * f(s * x), ref, atol=1e-14, rtol=1e-13)
+    x32 = x.astype(np.float32)   # float32: within a few roundings of the float64 values
+    got = np.float32(r) * f(np.float32(s) * x32)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=2e-6, rtol=2e-6)
 
 
 RAGGED = [[5, 17, 3, 88, 41, 2, 9], [60], [1, 2, 3, 4], [96, 0, 50, 50, 7, 12, 13, 14, 15, 30]]

@@ -59,19 +59,29 @@ class GPT2Config:
 
 
 def _gelu_tanh(x: np.ndarray) -> np.ndarray:
-    """GELU, tanh approximation (GPT-2's "gelu_new")."""
-    # 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2 / pi), evaluated in place in one
-    # temporary. x * x * x, not x ** 3: NumPy computes a float32 power through powf, some 400
-    # times slower than two multiplications, and it was most of a decoding step's time.
-    c = math.sqrt(2.0 / math.pi)
-    y = x * x
-    y *= 0.044715 * c
-    y += c
-    y *= x                   # c (x + 0.044715 x^3)
+    """GELU, tanh approximation (GPT-2's "gelu_new"); the model computes it as below."""
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
+
+
+# 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2 / pi), is r f(s x) with
+# f(z) = z (1 + tanh(z (g + z^2))) for s = (0.044715 c)^(1/3), g = c / s and r = 0.5 / s.
+# A model folds s into the weights and bias before the activation and r into the weights
+# after it (see ``GPT2._block``), which leaves f: six passes over its input instead of eight.
+_GELU_TANH_IN = (0.044715 * math.sqrt(2.0 / math.pi)) ** (1.0 / 3.0)
+_GELU_TANH_OUT = 0.5 / _GELU_TANH_IN
+_GELU_TANH_G = math.sqrt(2.0 / math.pi) / _GELU_TANH_IN
+
+
+def _gelu_tanh_of_scaled(z: np.ndarray) -> np.ndarray:
+    """f(z) = z (1 + tanh(z (g + z^2))), evaluated in place in one temporary."""
+    # z * z * z, never z ** 3: NumPy computes a float32 power through powf, some 400 times
+    # slower than multiplications, and it was most of a decoding step's time.
+    y = z * z
+    y += _GELU_TANH_G
+    y *= z                   # z (g + z^2)
     np.tanh(y, out=y)
     y += 1.0
-    y *= x
-    y *= 0.5
+    y *= z
     return y
 
 
@@ -98,6 +108,12 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "quick_gelu": lambda x: x * _sigmoid(1.702 * x),
     "tanh": np.tanh,
 }
+
+# Activations computed as r * f(s * x), with s and r folded into the weights around them:
+# name -> (f, s, r).
+SCALED_ACTIVATIONS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float, float]] = {
+    name: (_gelu_tanh_of_scaled, _GELU_TANH_IN, _GELU_TANH_OUT)
+    for name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")}
 
 
 def standardize(x: np.ndarray, eps: float, *, avg: np.ndarray | None = None) -> np.ndarray:
@@ -127,15 +143,15 @@ def layer_norm(x: np.ndarray, g: np.ndarray, b: np.ndarray, eps: float, *,
 
 
 def fold_layer_norm(g: np.ndarray, b: np.ndarray, w: np.ndarray, c: np.ndarray,
-                    dtype) -> tuple[np.ndarray, np.ndarray]:
-    """(w', c') such that layer_norm(x, g, b) @ w + c == standardize(x) @ w' + c'.
+                    dtype, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(w', c') such that (layer_norm(x, g, b) @ w + c) * scale == standardize(x) @ w' + c'.
 
     g, b (d,) are a LayerNorm's gain and bias, w (d, e) and c (e,) the linear layer after it:
     (s * g + b) @ w + c = s @ (g[:, None] * w) + (b @ w + c). Computed in float64 and rounded
     once to ``dtype``: one rounding per folded weight, as when the checkpoint is cast.
     """
     g, b, w, c = (np.asarray(a, dtype=np.float64) for a in (g, b, w, c))
-    return (g[:, None] * w).astype(dtype), (b @ w + c).astype(dtype)
+    return (g[:, None] * w * scale).astype(dtype), ((b @ w + c) * scale).astype(dtype)
 
 
 def load_safetensors(file: Path) -> dict[str, np.ndarray]:
@@ -196,7 +212,9 @@ class GPT2:
         self.vocab_size = c.vocab_size
         self.max_context = c.n_positions  # learned positions: nothing beyond them exists
         self.head_dim = c.n_embd // c.n_head
-        self._act = ACTIVATIONS[c.activation_function]
+        # The MLP computes act(x) as r * f(s * x): s and r are folded into its weights.
+        self._act, self._act_in, self._act_out = SCALED_ACTIVATIONS.get(
+            c.activation_function, (ACTIVATIONS[c.activation_function], 1.0, 1.0))
         self._eps = c.layer_norm_epsilon
         self._avg = np.full(c.n_embd, 1.0 / c.n_embd, dtype=self.dtype)  # [d] for row means
 
@@ -236,7 +254,8 @@ class GPT2:
 
         A LayerNorm's gain and bias are a per-column scale and shift of the next layer's
         input, so they can go into that layer's weights and bias once at load time, and each
-        step only standardizes (see ``fold_layer_norm``).
+        step only standardizes (see ``fold_layer_norm``). The activation's input and output
+        scales (``SCALED_ACTIVATIONS``) go into c_fc and the MLP's c_proj the same way.
         """
         d = self.config.n_embd
         inner = self.config.n_inner or 4 * d
@@ -250,15 +269,16 @@ class GPT2:
                                        get("attn.c_attn.bias", (3 * d,)), dt)
         fc_w, fc_b = fold_layer_norm(get("ln_2.weight", (d,)), get("ln_2.bias", (d,)),
                                      get("mlp.c_fc.weight", (d, inner)),
-                                     get("mlp.c_fc.bias", (inner,)), dt)
+                                     get("mlp.c_fc.bias", (inner,)), dt, scale=self._act_in)
+        mlp_out_w = np.asarray(get("mlp.c_proj.weight", (inner, d)), dtype=np.float64)
         return {
             "qkv.w": qkv_w,                                               # [d, 3d] ln_1 folded
             "qkv.b": qkv_b,                                               # [3d]
             "attn_out.w": np.asarray(get("attn.c_proj.weight", (d, d)), dtype=dt),  # [d, d]
             "attn_out.b": np.asarray(get("attn.c_proj.bias", (d,)), dtype=dt),      # [d]
-            "fc.w": fc_w,                                                 # [d, 4d] ln_2 folded
+            "fc.w": fc_w,                                  # [d, 4d] ln_2 and act's s folded
             "fc.b": fc_b,                                                 # [4d]
-            "mlp_out.w": np.asarray(get("mlp.c_proj.weight", (inner, d)), dtype=dt),  # [4d, d]
+            "mlp_out.w": (mlp_out_w * self._act_out).astype(dt),   # [4d, d] act's r folded
             "mlp_out.b": np.asarray(get("mlp.c_proj.bias", (d,)), dtype=dt),          # [d]
         }
 
