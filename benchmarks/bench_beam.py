@@ -25,6 +25,15 @@ from reference_beam import reference_beam_search  # noqa: E402
 from npdecode import TinyLM, batched_beam_search  # noqa: E402
 
 CONFIGS = [(1, 1, 32), (8, 4, 32), (32, 8, 64), (8, 4, 256)]
+THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def warn_if_threaded() -> None:
+    """Say so when BLAS may run on several threads: figures here are for one."""
+    missing = [v for v in THREAD_VARS if os.environ.get(v) != "1"]
+    if missing:
+        print(f"warning: {', '.join(missing)} not set to 1; BLAS may use several threads "
+              f"(see benchmarks/README.md for the command)\n")
 
 
 class Timed:
@@ -102,6 +111,7 @@ def main() -> None:
     parser.add_argument("--dtype", choices=["float64", "float32"], action="append",
                         help="run only this dtype (repeatable; default: both)")
     args = parser.parse_args()
+    warn_if_threaded()
 
     with tempfile.TemporaryDirectory() as tmp:
         models = build_models(args, Path(tmp))

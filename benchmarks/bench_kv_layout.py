@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from bench_beam import median_time
+from bench_beam import median_time, warn_if_threaded
 
 
 def main() -> None:
@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--flush-mib", type=int, default=64,
                         help="size of the buffer passed over before each call")
     args = parser.parse_args()
+    warn_if_threaded()
     filled = args.filled or [24, 48, 64, 80]
     if min(filled) < 1 or max(filled) > args.slots:
         parser.error(f"--filled must lie in 1..{args.slots} (--slots)")

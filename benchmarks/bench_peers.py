@@ -44,12 +44,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from random_gpt2 import left_padded, random_gpt2  # noqa: E402  (shared with the tests)
+from bench_beam import warn_if_threaded  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = [(1, 1, 32), (8, 4, 32), (32, 8, 64), (8, 4, 256)]
 ALPHA = 0.6
 EOS = 0
-THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def token_name(i: int) -> str:
@@ -325,9 +325,7 @@ def main() -> None:
                              "from git show) against the current one, interleaved, and exit")
     args = parser.parse_args()
 
-    missing = [v for v in THREAD_VARS if os.environ.get(v) != "1"]
-    if missing:
-        print(f"warning: {', '.join(missing)} not set to 1; BLAS may use several threads\n")
+    warn_if_threaded()
     import ctranslate2
     import torch
     import transformers

@@ -124,6 +124,32 @@ def test_bad_model_output_is_reported_with_its_batch_item(fault, match):
         batched_beam_search(Faulty(fault), [[1], [3, 3]], beam_width=1, max_new_tokens=4)
 
 
+class FaultyCached(TinyLM):
+    """Cached TinyLM whose logits at its third step get a NaN in one row of batch item
+    ``bad`` (found through the cache, whose rows are in no particular order by then)."""
+
+    def __init__(self, bad, **kw):
+        super().__init__(**kw)
+        self.bad, self.steps, self.rows = bad, 0, None
+
+    def extend(self, tokens, cache):
+        logits = super().extend(tokens, cache)
+        self.steps += 1
+        if self.steps == 3:
+            self.rows = np.flatnonzero(cache.group[:cache.n] == self.bad)
+            logits[self.rows[-1], 0, 1] = np.nan
+        return logits
+
+
+@pytest.mark.parametrize("bad", [0, 1, 2])
+def test_a_fault_on_the_cached_path_names_its_batch_item_after_rows_were_reordered(bad):
+    m = FaultyCached(bad, vocab_size=12, d_model=8, seed=3)
+    with pytest.raises(ValueError, match=f"NaN in the logits for batch item {bad}$"):
+        batched_beam_search(m, [[1, 2], [3], [4, 5, 6]], beam_width=3, max_new_tokens=6)
+    # The item's rows were not where sequence order puts them (3 per item, in item order).
+    assert m.steps == 3 and set(m.rows) != {3 * bad, 3 * bad + 1, 3 * bad + 2}
+
+
 def test_wrong_width_logits_name_the_items_that_returned_them():
     class Narrow(Faulty):  # declares 5 tokens; prompts of length 1 (item 0) get 4 columns
         def forward(self, ids):
@@ -159,6 +185,9 @@ def test_a_model_without_a_vocab_size_is_checked_against_its_logits():
         batched_beam_search(Anonymous(), [[5]], beam_width=1, max_new_tokens=2)
     with pytest.raises(ValueError, match="eos_token_id 4"):
         batched_beam_search(Anonymous(), [[1]], beam_width=1, max_new_tokens=2, eos_token_id=4)
+    with pytest.raises(ValueError, match=f"eos_token_id {2**70} is outside"):
+        batched_beam_search(Anonymous(), [[1]], beam_width=1, max_new_tokens=2,
+                            eos_token_id=2**70)
 
 
 @pytest.mark.parametrize("strategy", ["pool", "hf", "greedy", "sample"])
@@ -177,6 +206,9 @@ def test_every_strategy_checks_ids_against_a_vocabulary_read_off_the_logits(stra
     assert run([[1, 2]])  # fine
     with pytest.raises(ValueError, match="prompt 1, position 0: token 7.*vocab size 4"):
         run([[1], [7]])
+    # Too large for any vocabulary: refused before the model runs, not an OverflowError.
+    with pytest.raises(ValueError, match=rf"prompt 1, position 1: token {2**70} .*below 2\*\*63"):
+        run([[1], [2, 2**70]])
 
 
 @pytest.mark.parametrize("policy", ["pool", "hf"])
@@ -188,10 +220,20 @@ def test_beam_search_names_length_penalty_in_its_error(policy):
                     length_penalty=float("nan"), policy=policy)
 
 
-def test_a_huge_beam_width_costs_no_more_than_every_hypothesis():
+class ForwardOnly:
+    """A model with only ``forward`` and no declared vocabulary (TinyLM's logits)."""
+
+    def __init__(self, model):
+        self.forward = model.forward
+
+
+@pytest.mark.parametrize("vocab", ["declared", "read off the logits"])
+def test_a_huge_beam_width_costs_no_more_than_every_hypothesis(vocab):
     import tracemalloc
 
     m = TinyLM(vocab_size=3, d_model=4, seed=0)
+    if vocab != "declared":
+        m = ForwardOnly(m)
     tracemalloc.start()
     res = batched_beam_search(m, [[1]], beam_width=10**6, max_new_tokens=3)[0]
     peak = tracemalloc.get_traced_memory()[1]

@@ -40,7 +40,7 @@ def cases(draw):
                          st.just(int(np.argmax(model.forward(np.array([prompts[0]]))[0])))))
     return dict(model=model, prompts=prompts, beam_width=draw(st.integers(1, 6)),
                 max_new_tokens=draw(st.integers(0, 6)),
-                alpha=draw(st.floats(0.0, 2.5)), eos_token_id=eos)
+                alpha=draw(st.floats(-1.0, 2.5)), eos_token_id=eos)
 
 
 def check_equal(got, want, tol=1e-9):

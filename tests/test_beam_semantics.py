@@ -1,6 +1,7 @@
 """Beam search semantics (the pool policy) on models whose right answer is known."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -128,6 +129,26 @@ def test_a_beam_that_emits_eos_is_never_expanded_again():
     steps = fed[1:]  # fed[0] is the prompt prefill
     assert all(eos not in s for s in steps)
     assert all(len(s) <= 2 for s in steps)   # never more rows than live beams
+
+
+def test_search_stops_once_every_pool_holds_k_finished_hypotheses():
+    # EOS has probability 0.98 after every prefix. Step 1: [EOS] and [1] fill the pool;
+    # step 2 extends [1] only, and [1, EOS] finishes too: every pool (one here) holds K = 2
+    # finished hypotheses, so the search stops (SPEC §3, step 1) far before max_new_tokens.
+    model = ScriptedLM(3, prompt_len=1, script={}, default={EOS: math.log(0.98)})
+    res = batched_beam_search(model, [[1]], beam_width=2, max_new_tokens=50, alpha=0.6,
+                              eos_token_id=EOS)[0]
+    assert tokens(res) == [[EOS], [1, EOS]] and all(h.finished for h in res)
+    assert model.seen == [(), (1,)] and model.calls == 2
+
+
+def test_hypotheses_are_immutable():
+    import dataclasses
+
+    h = batched_beam_search(TinyLM(vocab_size=5, d_model=4), [[1]], beam_width=1,
+                            max_new_tokens=1)[0][0]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        h.score = 0.0
 
 
 def test_a_larger_alpha_favours_the_longer_of_two_finished_hypotheses():

@@ -250,11 +250,10 @@ def batched_beam_search(model, prompts: Sequence[Sequence[int]], *, beam_width: 
     if not prompts:
         return []
 
+    if T == 0:  # each pool: its empty hypothesis
+        return BeamState.initial(len(prompts), 1, 0).results()
     if vocab is not None:  # a pool never holds more than every distinct hypothesis
         K = min(K, count_hypotheses(vocab, T, cap=K))
-    state = BeamState.initial(len(prompts), K, T)
-    if T == 0:
-        return state.results()
     runner = make_runner(model, prompts, rows=len(prompts) * K, new_tokens=T,
                          use_cache=use_cache)
     logits = runner.start()
@@ -262,6 +261,8 @@ def batched_beam_search(model, prompts: Sequence[Sequence[int]], *, beam_width: 
         vocab = logits.shape[1] if getattr(logits, "ndim", 0) == 2 else None
         check_logits(logits, len(prompts), vocab, np.arange(len(prompts)))
         check_ids(prompts, eos, vocab)
+        K = min(K, count_hypotheses(vocab, T, cap=K))  # before the state is sized by K
+    state = BeamState.initial(len(prompts), K, T)
 
     rows = None  # sequence i's logits are row rows[i] (None: row i)
     parts = parts_for(K, vocab)

@@ -33,6 +33,7 @@ def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int | None) -> l
     """Each prompt a non-empty list of integer ids in [0, vocab_size)."""
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
         raise ValueError("prompts must be a list of prompts, each a list of token ids")
+    limit = vocab_size if vocab_size is not None else _ID_LIMIT
     clean = []
     for b, prompt in enumerate(prompts):
         if isinstance(prompt, (str, bytes)) or not isinstance(prompt, (Sequence, np.ndarray)):
@@ -42,21 +43,27 @@ def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int | None) -> l
         if isinstance(prompt, np.ndarray) and prompt.ndim == 1 and prompt.dtype.kind in "iu":
             prompt = prompt.tolist()  # Python ints: checked like a list
         if all(type(tok) is int for tok in prompt) and min(prompt) >= 0 and (
-                vocab_size is None or max(prompt) < vocab_size):
+                max(prompt) < limit):
             clean.append(list(prompt))  # the common case, checked in bulk
             continue
         row = []
         for pos, tok in enumerate(prompt):
             bad = (isinstance(tok, bool) or not isinstance(tok, numbers.Integral) or tok < 0
-                   or (vocab_size is not None and tok >= vocab_size))
+                   or tok >= limit)
             if bad:
                 raise ValueError(
                     f"prompt {b}, position {pos}: token {tok!r} is not a valid id; ids must be "
-                    f"integers in [0, {vocab_size if vocab_size is not None else 'vocab_size'})"
-                    + (f" (vocab size {vocab_size})" if vocab_size is not None else ""))
+                    + (f"integers in [0, {vocab_size}) (vocab size {vocab_size})"
+                       if vocab_size is not None else
+                       "integers in [0, vocab_size), and below 2**63 (the model declares no "
+                       "vocab_size)"))
             row.append(int(tok))
         clean.append(row)
     return clean
+
+
+# Token ids are int64 arrays inside: without a declared vocabulary, this bounds them.
+_ID_LIMIT = 2 ** 63
 
 
 def check_eos(eos_token_id: object, vocab_size: int | None, name: str = "eos_token_id"
@@ -66,8 +73,9 @@ def check_eos(eos_token_id: object, vocab_size: int | None, name: str = "eos_tok
         return None
     if isinstance(eos_token_id, bool) or not isinstance(eos_token_id, numbers.Integral):
         raise ValueError(f"{name} must be an integer id or None, got {eos_token_id!r}")
-    if eos_token_id < 0 or (vocab_size is not None and eos_token_id >= vocab_size):
-        within = f"[0, {vocab_size})" if vocab_size is not None else "the vocabulary (ids >= 0)"
+    if eos_token_id < 0 or eos_token_id >= (vocab_size if vocab_size is not None else _ID_LIMIT):
+        within = (f"[0, {vocab_size})" if vocab_size is not None
+                  else "the vocabulary (ids in [0, 2**63))")
         raise ValueError(f"{name} {eos_token_id} is outside {within}")
     return int(eos_token_id)
 
