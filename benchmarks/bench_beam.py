@@ -33,7 +33,7 @@ def warn_if_threaded() -> None:
     missing = [v for v in THREAD_VARS if os.environ.get(v) != "1"]
     if missing:
         print(f"warning: {', '.join(missing)} not set to 1; BLAS may use several threads "
-              f"(see benchmarks/README.md for the command)\n")
+              "(see benchmarks/README.md for the command)\n")
 
 
 class Timed:
