@@ -36,6 +36,24 @@ def warn_if_threaded() -> None:
               "(see benchmarks/README.md for the command)\n")
 
 
+def blas_description() -> str:
+    """NumPy's BLAS as it runs: library, version, the kernels it chose, threads.
+
+    OpenBLAS picks its kernels for the processor when NumPy loads it, unless the
+    environment's OPENBLAS_CORETYPE names them; matrix products, and so every figure here,
+    depend on that choice.
+    """
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:  # part of the bench extra
+        return "BLAS: unknown (install threadpoolctl)"
+    blas = [p for p in threadpool_info() if p.get("user_api") == "blas"]
+    if not blas:
+        return "BLAS: none found"
+    return "; ".join(f"{p.get('internal_api')} {p.get('version')}, {p.get('architecture')} "
+                     f"kernels, threads: {p.get('num_threads')}" for p in blas)
+
+
 class Timed:
     """Wraps a cached model; accumulates the wall time spent in its calls (``seconds``) and in
     its cache's beam reordering (``cache_seconds``)."""
@@ -116,7 +134,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models = build_models(args, Path(tmp))
         print(f"{models['name']}; alpha=0.6, eos=0; prompts of 4-16 tokens; median of "
-              f"{args.runs} runs ({args.reference_runs} for the reference)\n")
+              f"{args.runs} runs ({args.reference_runs} for the reference)")
+        print(f"numpy {np.__version__}, {blas_description()}\n")
         run_table(args, models)
 
 

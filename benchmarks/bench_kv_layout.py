@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from bench_beam import median_time, warn_if_threaded
+from bench_beam import blas_description, median_time, warn_if_threaded
 
 
 def main() -> None:
@@ -53,7 +53,8 @@ def main() -> None:
     long_k = rng.standard_normal((R, H, S, D)).astype(np.float32)
     long_v = rng.standard_normal((R, H, S, D)).astype(np.float32)
     print(f"rows {R}, heads {H}, head_dim {D}, float32; strided: blocks of {S} slots; "
-          f"median of {args.runs} calls, caches flushed ({args.flush_mib} MiB) before each\n")
+          f"median of {args.runs} calls, caches flushed ({args.flush_mib} MiB) before each")
+    print(f"numpy {np.__version__}, {blas_description()}\n")
     print("| filled W | keys read (MiB) | q k^T strided (µs) | q k^T whole (µs) | "
           "w v strided (µs) | w v whole (µs) |")
     print("|---:|---:|---:|---:|---:|---:|")

@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from random_gpt2 import left_padded, random_gpt2  # noqa: E402  (shared with the tests)
-from bench_beam import warn_if_threaded  # noqa: E402
+from bench_beam import blas_description, warn_if_threaded  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CONFIGS = [(1, 1, 32), (8, 4, 32), (32, 8, 64), (8, 4, 256)]
@@ -357,7 +357,8 @@ def main() -> None:
     print(f"{size}; random weights (seed {args.seed}), float32, one thread; alpha {ALPHA}, "
           f"EOS {EOS} (embedding row x{args.eos_scale}); prompts of 4-16 tokens; "
           f"median of {args.rounds} rounds")
-    print(f"numpy {np.__version__}, torch {torch.__version__}, transformers "
+    print(f"numpy {np.__version__} ({blas_description()}), torch {torch.__version__} "
+          f"(CPU capability {torch.backends.cpu.get_cpu_capability()}), transformers "
           f"{transformers.__version__}, ctranslate2 {ctranslate2.__version__}; "
           f"load average before: {os.getloadavg()[0]:.2f}\n")
 
