@@ -386,7 +386,8 @@ def main() -> None:
     print(f"\nload average after: {os.getloadavg()[0]:.2f}")
 
     if not args.no_plot:
-        plot(results, args.plot, f"Beam search, {size}, float32, one thread")
+        plot(results, args.plot, f"Beam search, {size}, float32, one thread\n"
+                                 f"numpy: {blas_description()}")
         print(f"plot: {args.plot}")
 
     if args.skip_parity:
