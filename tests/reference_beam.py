@@ -32,17 +32,20 @@ def _banned(seq, n):
 
 
 def _one_prompt(model, prompt, K, T, alpha, eos, ngram):
-    # A hypothesis: (tokens, logprob, finished); the pool is kept best first.
-    pool = [([], 0.0, False)]
+    # A hypothesis: (tokens, logprob, finished, stopped); the pool is kept best first. A
+    # stopped one had every next token banned: like a finished one it is never extended and
+    # competes as itself, but it is reported unfinished.
+    pool = [([], 0.0, False, False)]
     for _ in range(T):
-        if len(pool) == K and all(f for _, _, f in pool):
+        if len(pool) == K and all(f for _, _, f, _ in pool):
             break
-        if all(f for _, _, f in pool):
+        if all(f or s for _, _, f, s in pool):
             continue  # no unfinished hypothesis: the pool stays as it is
         entries = []  # (sort key, hypothesis)
-        for rank, (g, lp_sum, fin) in enumerate(pool):
-            if fin:
-                entries.append(((-_score(lp_sum, len(g), alpha), 0, rank, 0, 0), (g, lp_sum, fin)))
+        for rank, (g, lp_sum, fin, stop) in enumerate(pool):
+            held = (-_score(lp_sum, len(g), alpha), 0, rank, 0, 0)  # its key as itself
+            if fin or stop:
+                entries.append((held, (g, lp_sum, fin, stop)))
                 continue
             logits = np.asarray(model.forward(np.array([prompt + g])), dtype=np.float64)[0]
             lp = log_softmax(logits)
@@ -51,13 +54,15 @@ def _one_prompt(model, prompt, K, T, alpha, eos, ngram):
             # top-m tokens: highest lp first, ties to the lowest id
             ranked = [t for t in np.lexsort((np.arange(len(lp)), -lp)).tolist()
                       if t not in banned][:m]
+            if not ranked:  # every token banned: it stops here and keeps its place
+                entries.append((held, (g, lp_sum, False, True)))
             for t in ranked:
                 lp_t = lp[t]
-                h = (g + [t], lp_sum + lp_t, eos is not None and t == eos)
-                # ties: finished first, then parent's rank, then higher lp, then lower id
+                h = (g + [t], lp_sum + lp_t, eos is not None and t == eos, False)
+                # ties: held first, then parent's rank, then higher lp, then lower id
                 entries.append(((-_score(lp_sum + lp_t, len(g) + 1, alpha), 1, rank, -lp_t, t),
                                 h))
         entries.sort(key=lambda e: e[0])
         pool = [h for _, h in entries[:K]]
     return [Hypothesis(tokens=g, score=float(_score(lp, len(g), alpha)), logprob=float(lp),
-                       finished=f) for g, lp, f in pool]
+                       finished=f) for g, lp, f, _ in pool]

@@ -70,6 +70,13 @@ def test_numpy_prompts_are_accepted_like_lists(model):
             prompts=[np.array([1.0, 2.0])])
 
 
+@pytest.mark.parametrize("prompt, shape", [(np.array(3), r"\(\)"),
+                                           (np.array([[1, 2]]), r"\(1, 2\)")])
+def test_a_prompt_array_of_other_than_one_dimension_is_refused(model, prompt, shape):
+    refused(model, rf"prompt 1 must be a list of token ids \(one dimension\), got an array "
+                   rf"of shape {shape}", prompts=[[1], prompt])
+
+
 @pytest.mark.parametrize("value", [0, -3, 2.0, True, None])
 def test_beam_width_must_be_a_positive_integer(model, value):
     refused(model, "beam_width", beam_width=value)
@@ -148,6 +155,41 @@ def test_a_fault_on_the_cached_path_names_its_batch_item_after_rows_were_reorder
         batched_beam_search(m, [[1, 2], [3], [4, 5, 6]], beam_width=3, max_new_tokens=6)
     # The item's rows were not where sequence order puts them (3 per item, in item order).
     assert m.steps == 3 and set(m.rows) != {3 * bad, 3 * bad + 1, 3 * bad + 2}
+
+
+class MisshapenExtend(TinyLM):
+    """Cached TinyLM whose decoding steps return something other than (n, 1, V) logits
+    (its prefill, which runs through ``extend`` too, is left alone)."""
+
+    def __init__(self, fault, **kw):
+        super().__init__(**kw)
+        self.fault, self.calls = fault, 0
+
+    def extend(self, tokens, cache):
+        logits = super().extend(tokens, cache)
+        self.calls += 1
+        if self.calls == 1:  # the prefill
+            return logits
+        return {"None": None, "list": logits.tolist(), "row missing": logits[:-1],
+                "no position axis": logits[:, 0]}[self.fault]
+
+
+@pytest.mark.parametrize("strategy", ["pool", "hf", "greedy", "sample"])
+@pytest.mark.parametrize("fault, shown", [("None", "NoneType"), ("list", "list"),
+                                          ("row missing", r"\(69, 1, 5\)"),
+                                          ("no position axis", r"\(70, 5\)")])
+def test_extend_output_of_the_wrong_shape_is_reported_as_such(strategy, fault, shown):
+    from npdecode import beam_search, greedy, sample
+
+    m = MisshapenExtend(fault, vocab_size=5, d_model=4, seed=0)
+    prompts = [[1, 2]] * 70  # more rows than the runner checks for order in plain Python
+    run = {"pool": lambda: beam_search(m, prompts, num_beams=1, max_new_tokens=3),
+           "hf": lambda: beam_search(m, prompts, num_beams=1, max_new_tokens=3, policy="hf"),
+           "greedy": lambda: greedy(m, prompts, max_new_tokens=3),
+           "sample": lambda: sample(m, prompts, max_new_tokens=3, seed=0)}[strategy]
+    with pytest.raises(ValueError, match=rf"model.extend returned logits of shape {shown}; "
+                                         rf"expected \(70, 1, V\)"):
+        run()
 
 
 def test_wrong_width_logits_name_the_items_that_returned_them():

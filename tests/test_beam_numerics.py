@@ -141,13 +141,37 @@ def test_ties_in_one_item_do_not_depend_on_an_impossible_hypothesis_in_another()
 
 
 
-def test_a_pool_whose_every_token_is_banned_ends_empty_without_warnings():
+def test_a_hypothesis_whose_every_token_is_banned_stops_and_keeps_its_place():
     import warnings
 
     m = TinyLM(vocab_size=3, d_model=8, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        res = batched_beam_search(m, [[0, 1, 2], [0]], beam_width=2, max_new_tokens=2,
+        res = batched_beam_search(m, [[0, 1, 2], [0]], beam_width=2, max_new_tokens=3,
                                   no_repeat_ngram_size=1)
-    assert res[0] == []                      # the prompt already holds every token
+    # The prompt already holds every token: its empty hypothesis stops at once, as with
+    # max_new_tokens=0. The other prompt's hypotheses use up tokens 1 and 2, then stop.
+    assert [(h.tokens, h.score, h.logprob, h.finished) for h in res[0]] == [([], 0.0, 0.0,
+                                                                                False)]
     assert sorted(h.tokens for h in res[1]) == [[1, 2], [2, 1]]
+    assert not any(h.finished for h in res[1])
+    for h in res[1]:  # each logprob is its tokens' log-softmax values, summed
+        want = sum(log_softmax(m.forward(np.array([[0] + h.tokens[:i]]))[0])[t]
+                   for i, t in enumerate(h.tokens))
+        assert abs(h.logprob - want) < 1e-12
+
+
+def test_running_out_of_allowed_tokens_is_the_same_as_reaching_the_length_limit():
+    # Ten tokens, none repeated: every hypothesis has used all of them after nine steps (the
+    # prompt holds one), so a longer limit changes nothing, and nothing is dropped.
+    m = TinyLM(vocab_size=10, d_model=8, seed=1)
+    kw = dict(beam_width=4, alpha=0.6, no_repeat_ngram_size=1)
+    at_limit = batched_beam_search(m, [[1]], max_new_tokens=9, **kw)[0]
+    beyond = batched_beam_search(m, [[1]], max_new_tokens=12, **kw)[0]
+    assert len(beyond) == 4 and all(sorted(h.tokens) == [0, 2, 3, 4, 5, 6, 7, 8, 9]
+                                    for h in beyond)
+    want = reference_beam_search(m, [[1]], max_new_tokens=12, **kw)[0]
+    for other in (at_limit, want):
+        assert [(h.tokens, h.finished) for h in beyond] == [(h.tokens, h.finished)
+                                                            for h in other]
+        assert max(abs(h.score - o.score) for h, o in zip(beyond, other)) < 1e-9

@@ -26,8 +26,8 @@ class Masked(TinyLM):
 
 
 @st.composite
-def cases(draw):
-    vocab = draw(st.integers(2, 24))
+def cases(draw, max_vocab=24, ngrams=(0, 0, 0, 0, 0, 0, 1, 2), max_new_tokens=6):
+    vocab = draw(st.integers(2, max_vocab))
     kw = dict(vocab_size=vocab, d_model=draw(st.sampled_from([4, 8, 16])),
               seed=draw(st.integers(0, 2**16)),
               dtype=draw(st.sampled_from([np.float64, np.float32])))
@@ -39,8 +39,9 @@ def cases(draw):
     eos = draw(st.one_of(st.none(), st.integers(0, vocab - 1),
                          st.just(int(np.argmax(model.forward(np.array([prompts[0]]))[0])))))
     return dict(model=model, prompts=prompts, beam_width=draw(st.integers(1, 6)),
-                max_new_tokens=draw(st.integers(0, 6)),
-                alpha=draw(st.floats(-1.0, 2.5)), eos_token_id=eos)
+                max_new_tokens=draw(st.integers(0, max_new_tokens)),
+                alpha=draw(st.floats(-1.0, 2.5)), eos_token_id=eos,
+                no_repeat_ngram_size=draw(st.sampled_from(ngrams)))
 
 
 def check_equal(got, want, tol=1e-9):
@@ -62,6 +63,15 @@ def tolerance(model):
 @settings(max_examples=80, deadline=None)
 @given(cases())
 def test_cached_fast_path_equals_the_reference(case):
+    check_equal(batched_beam_search(**case), reference_beam_search(**case),
+                tolerance(case["model"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(cases(max_vocab=5, ngrams=(1, 2), max_new_tokens=8))
+def test_hypotheses_that_run_out_of_allowed_tokens_match_the_reference(case):
+    """A few tokens and n-gram bans: hypotheses use up what they may say and stop, keeping
+    their place in the pool."""
     check_equal(batched_beam_search(**case), reference_beam_search(**case),
                 tolerance(case["model"]))
 

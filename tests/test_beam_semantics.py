@@ -8,6 +8,7 @@ import pytest
 
 from npdecode import TinyLM, batched_beam_search
 from npdecode.numerics import log_softmax
+from npdecode.search.beam import count_hypotheses
 from reference_beam import reference_beam_search
 from npdecode.models.scripted import ScriptedLM
 
@@ -201,6 +202,20 @@ def test_max_new_tokens_zero_returns_the_empty_hypothesis():
         assert len(hyps) == 1
         h = hyps[0]
         assert h.tokens == [] and h.score == 0.0 and h.logprob == 0.0 and not h.finished
+
+
+@pytest.mark.parametrize("vocab", [1, 2, 3])
+@pytest.mark.parametrize("steps", [0, 1, 2, 4])
+@pytest.mark.parametrize("cap", [1, 5, 10**6])
+def test_pool_widths_are_capped_by_the_number_of_distinct_hypotheses(vocab, steps, cap):
+    every = sum(1 for n in range(1, steps + 1) for _ in itertools.product(range(vocab), repeat=n))
+    assert count_hypotheses(vocab, steps, cap=cap) == min(max(every, 1), cap)
+
+
+def test_a_one_token_vocabulary_with_a_huge_horizon_is_counted_at_once():
+    # one sequence of each length: counted without a round per step
+    assert count_hypotheses(1, 10**15, cap=10**12) == 10**12
+    assert count_hypotheses(1, 7, cap=10**12) == 7
 
 
 def test_beam_width_beyond_the_vocabulary_returns_fewer_hypotheses():

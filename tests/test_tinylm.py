@@ -1,5 +1,7 @@
 """TinyLM is built exactly from its fixed construction, and its cached path agrees with forward."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -230,6 +232,19 @@ def test_token_ids_outside_the_vocabulary_are_refused_not_wrapped(make, bad):
     model.prefill([[1, 2]], cache)
     with pytest.raises(ValueError, match=f"got {bad}"):
         model.extend(np.array([[bad]]), cache)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(vocab_size=10.0), "vocab_size must be an integer >= 1, got 10.0"),
+    (dict(vocab_size=True), "vocab_size must be an integer >= 1, got True"),
+    (dict(vocab_size=0), "vocab_size must be >= 1, got 0"),
+    (dict(d_model=2.5), "d_model must be an integer >= 1, got 2.5"),
+    (dict(seed=-1), "seed must be >= 0, got -1"),
+    (dict(seed=None), "seed must be an integer >= 0, got None"),
+])
+def test_tinylm_sizes_and_seed_must_be_integers(kw, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TinyLM(**kw)
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.int32, "complex128", "nonsense", None])

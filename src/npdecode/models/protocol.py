@@ -11,6 +11,7 @@ the search reorders by beam parent and rolls back after rejected speculative tok
 
 from __future__ import annotations
 
+import numbers
 from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
@@ -48,6 +49,15 @@ class CachedLM(LM, Protocol):
     def extend(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
         """Append tokens (n, t) to cache rows 0..n-1; return their logits (n, t, V)."""
         ...
+
+
+def check_int(name: str, value: object, *, minimum: int) -> int:
+    """An integer >= minimum (bools are refused), else ValueError saying how to fix it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
 
 
 def is_cached(model: object) -> bool:

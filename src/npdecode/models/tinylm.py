@@ -13,7 +13,7 @@ import numpy as np
 
 from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
-from npdecode.models.protocol import check_token_ids, left_pad, model_dtype
+from npdecode.models.protocol import check_int, check_token_ids, left_pad, model_dtype
 
 
 class TinyLM:
@@ -27,10 +27,9 @@ class TinyLM:
 
     def __init__(self, vocab_size: int = 1000, d_model: int = 64, seed: int = 0,
                  dtype=np.float64):
-        if vocab_size < 1 or d_model < 1:
-            raise ValueError(f"vocab_size and d_model must be >= 1, got {vocab_size}, {d_model}")
-        self.vocab_size = vocab_size
-        self.d_model = d_model
+        self.vocab_size = vocab_size = check_int("vocab_size", vocab_size, minimum=1)
+        self.d_model = d_model = check_int("d_model", d_model, minimum=1)
+        seed = check_int("seed", seed, minimum=0)  # the weights are a function of the seed
         self.dtype = model_dtype(dtype)
         rng = np.random.default_rng(seed)
         s = 1 / np.sqrt(d_model)

@@ -55,22 +55,27 @@ class BeamState:
     Arrays over (batch B, beam slot K); treat them as read-only (a step makes a new state).
     """
 
-    __slots__ = ("tokens", "length", "logprob", "score", "finished", "valid", "live",
-                 "live_slots", "any_finished", "_all_slots")
+    __slots__ = ("tokens", "length", "logprob", "score", "finished", "stopped", "valid",
+                 "live", "live_slots", "any_held", "_all_slots")
 
     def __init__(self, tokens: np.ndarray, length: np.ndarray, logprob: np.ndarray,
                  score: np.ndarray, finished: np.ndarray, valid: np.ndarray,
-                 all_slots: tuple[np.ndarray, np.ndarray]):
+                 all_slots: tuple[np.ndarray, np.ndarray], stopped: np.ndarray | None = None):
         self.tokens = tokens        # [B, K, T] int32  generated tokens; only [:length] counts
         self.length = length        # [B, K]    int64  number of generated tokens
         self.logprob = logprob      # [B, K]    float64 raw sum of log-probabilities
         self.score = score          # [B, K]    float64 length-penalized score
         self.finished = finished    # [B, K]    bool   ended with EOS
         self.valid = valid          # [B, K]    bool   slot holds a hypothesis (pools may be short)
-        # Unfinished hypotheses, the ones the model must extend, and their (item, slot), each
+        # [B, K] bool: no token may follow (the n-gram ban takes every one); the hypothesis
+        # keeps its place like a finished one, unfinished. None: no slot is stopped.
+        self.stopped = stopped
+        # A slot is held when its hypothesis is never extended again (finished or stopped);
+        # the others are live: the ones the model must extend, with their (item, slot), each
         # (n,) in (item, slot) order: live hypothesis i is sequence i of the next model call.
-        self.any_finished = bool(finished.any())  # False: no slot holds a finished one
-        self.live = valid & ~finished if self.any_finished else valid     # [B, K]
+        held = finished if stopped is None else finished | stopped
+        self.any_held = bool(held.any())  # False: every valid slot is live
+        self.live = valid & ~held if self.any_held else valid             # [B, K]
         self._all_slots = all_slots  # (item, slot) of every slot, for when all are live
         self.live_slots = all_slots if self.live.all() else np.nonzero(self.live)
 
@@ -112,6 +117,8 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     given, marks tokens that may not be chosen (their logprob is not changed) and needs
     ``rows`` None; ``maxima`` (n, c), if given, holds each row of ``logits``'s maxima over c
     consecutive column ranges (the validity check computes them; default: c = ``PARTS``).
+    A live hypothesis whose every token is banned stops: it keeps its place in the pool, as
+    a finished one does, and is never extended (it is reported unfinished).
     Returns the new state and, for its live slots in (item, slot) order,
     the sequence each continues (parents, (n',)) and the token it appended (n',).
     """
@@ -148,14 +155,19 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     # beams stay in the competition: a beam that ended early with a good score must be able
     # to defend its place. If it were moved out when it emitted EOS, longer beams with worse
     # length-penalized scores would fill the pool and take the result.
-    # Columns 0..K-1: the current pool (only its finished entries compete as themselves);
-    # columns K..K+k-1: the item's best candidates, already in rank order.
+    # Columns 0..K-1: the current pool (only its held entries, finished or stopped, compete
+    # as themselves); columns K..K+k-1: the item's best candidates, already in rank order.
     b = _column(B)                                                        # [B, 1]
-    if not state.any_finished:  # the candidates, in rank order, are the new pool
+    stopped = state.stopped
+    dead = banned.all(axis=1) if banned is not None else None  # [n] no token left to take
+    if dead is not None and dead.any():  # these stop here, and keep their place
+        stopped = np.zeros((B, K), dtype=bool) if stopped is None else stopped.copy()
+        stopped[item[dead], slot[dead]] = True
+    if not state.any_held and stopped is None:  # the candidates, in rank order, are the new pool
         new_parent, new_seq, new_token, new_is_cand = cand_slot, cand_seq, cand_token, cand_ok
         new_valid, logprob, score = cand_ok, cand_logprob, cand_score
     else:
-        held = state.valid & state.finished                               # [B, K]
+        held = state.valid & (state.finished if stopped is None else state.finished | stopped)
         score = np.concatenate([state.score, cand_score], axis=1)         # [B, K+k]
         ok = np.concatenate([held, cand_ok], axis=1)
         # Rank: real entries first, then score (highest first); at equal score the column
@@ -171,19 +183,21 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
         score = score[b, order]
     tokens = state.tokens[b, new_parent]                                  # [B, K, T]
     # Every unfinished hypothesis has exactly `step` tokens: a candidate has step + 1.
+    ends = (new_token == eos_token_id if eos_token_id is not None
+            else np.zeros((B, K), dtype=bool))                            # [B, K]
     if new_is_cand.all():  # every slot holds a new candidate (the usual case)
         tokens[:, :, step] = new_token
         length = np.full((B, K), step + 1)
-        finished = (new_token == eos_token_id if eos_token_id is not None
-                    else np.zeros((B, K), dtype=bool))
-    else:
+        finished, stopped = ends, None
+    else:  # held slots keep their hypothesis as it was
         tokens[:, :, step] = np.where(new_is_cand, new_token, tokens[:, :, step])
         length = np.where(new_is_cand, step + 1, state.length[b, new_parent])
-        finished = ~new_is_cand
-        if eos_token_id is not None:
-            finished |= new_token == eos_token_id
+        finished = np.where(new_is_cand, ends, state.finished[b, new_parent])
+        if stopped is not None:
+            stopped = ~new_is_cand & stopped[b, new_parent]
     new = BeamState(tokens=tokens, length=length, logprob=logprob, score=score,
-                    finished=finished, valid=new_valid, all_slots=state._all_slots)
+                    finished=finished, valid=new_valid, all_slots=state._all_slots,
+                    stopped=stopped)
 
     # Sequences of the next model call: each new live slot continues its parent's sequence.
     if new.live_slots is new._all_slots:  # every slot is live: all of them, in order
@@ -210,6 +224,8 @@ def parts_for(beam_width: int, vocab: int) -> int:
 def count_hypotheses(vocab: int, steps: int, *, cap: int) -> int:
     """How many distinct token sequences of length 1..steps exist (V + V^2 + ...), or ``cap``
     if there are at least that many. At least 1 (the empty hypothesis when steps is 0)."""
+    if vocab == 1:  # one sequence of each length (the loop below would take steps rounds)
+        return max(min(steps, cap), 1)
     total, layer = 0, 1
     for _ in range(steps):
         layer *= vocab
@@ -237,7 +253,9 @@ def batched_beam_search(model, prompts: Sequence[Sequence[int]], *, beam_width: 
         eos_token_id: the token that finishes a hypothesis (None: none does). A finished
             hypothesis is never extended again but keeps competing for its pool slot.
         no_repeat_ngram_size: if n > 0, a token that would repeat an n-gram of the prompt
-            plus generated tokens is never chosen (logprobs are not changed).
+            plus generated tokens is never chosen (logprobs are not changed). A hypothesis
+            whose every next token is banned stops there: it keeps its place in the pool,
+            unfinished, and is never extended.
         use_cache: False recomputes every prefix even for cached models (for testing).
 
     Returns:

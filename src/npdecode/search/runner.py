@@ -55,14 +55,23 @@ class CachedRunner:
         n = len(tokens)
         if n <= _FEW_ROWS and self.perm.tolist() == list(range(n)):
             # Every sequence is in its own row, in order (K = 1, or no beam moved).
-            self.calls += 1
-            self.rows += n
-            return self.model.extend(np.asarray(tokens)[:, None], self.cache)[:, 0], None
+            return self._extend(np.asarray(tokens)[:, None]), None
         in_cache_order = np.empty(len(tokens), dtype=np.int64)
         in_cache_order[self.perm] = tokens
+        return self._extend(in_cache_order[:, None]), self.perm
+
+    def _extend(self, tokens: np.ndarray) -> np.ndarray:
+        """The model's logits (n, V) for one new token per row (n, 1), their shape checked."""
         self.calls += 1
         self.rows += len(tokens)
-        return self.model.extend(in_cache_order[:, None], self.cache)[:, 0], self.perm
+        logits = self.model.extend(tokens, self.cache)
+        if not isinstance(logits, np.ndarray) or logits.ndim != 3 or (
+                logits.shape[:2] != tokens.shape):
+            shape = getattr(logits, "shape", type(logits).__name__)
+            raise ValueError(f"model.extend returned logits of shape {shape}; expected "
+                             f"({len(tokens)}, 1, V): one row per sequence, one position per "
+                             f"new token")
+        return logits[:, 0]
 
 
 # Up to this many rows the runner checks, in plain Python, whether they are in sequence order.

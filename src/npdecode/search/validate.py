@@ -9,17 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
-from npdecode.models.protocol import vocab_size_of
+from npdecode.models.protocol import check_int, vocab_size_of
 from npdecode.numerics import part_maxima
-
-
-def check_int(name: str, value: object, *, minimum: int) -> int:
-    """An integer >= minimum (bools are refused), else ValueError saying how to fix it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def check_finite(name: str, value: object) -> float:
@@ -38,6 +29,9 @@ def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int | None) -> l
     for b, prompt in enumerate(prompts):
         if isinstance(prompt, (str, bytes)) or not isinstance(prompt, (Sequence, np.ndarray)):
             raise ValueError(f"prompt {b} must be a list of token ids, got {type(prompt).__name__}")
+        if isinstance(prompt, np.ndarray) and prompt.ndim != 1:
+            raise ValueError(f"prompt {b} must be a list of token ids (one dimension), got an "
+                             f"array of shape {prompt.shape}")
         if len(prompt) == 0:
             raise ValueError(f"prompt {b} is empty; every prompt needs at least one token")
         if isinstance(prompt, np.ndarray) and prompt.ndim == 1 and prompt.dtype.kind in "iu":
