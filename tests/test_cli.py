@@ -156,3 +156,96 @@ def test_an_interrupt_is_one_line_and_exit_130(monkeypatch, capsys):
     monkeypatch.setattr(beam, "run", interrupted)
     assert main(["beam", "--prompt", "3"]) == 130
     assert capsys.readouterr().err.strip() == "npdecode beam: interrupted"
+
+
+def test_version(capsys):
+    import npdecode
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == (
+        f"npdecode {npdecode.__version__}")
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--prompt", "-1,2"], "prompt 0, position 0: token -1 is not a valid id"),
+    (["--prompt", "1", "--alpha", "-inf"], "--alpha must be a finite number, got -inf"),
+])
+def test_a_negative_value_reaches_its_own_check(argv, says, capsys):
+    # argparse alone would take '-1,2' for an option and say only 'expected one argument'
+    assert main(["beam"] + argv) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_a_negative_alpha_is_a_value_not_an_option(capsys):
+    assert main(["beam", "--prompt", "1", "--alpha", "-0.5", "--max-new-tokens", "2",
+                 "--d-model", "4"]) == 0
+    assert "alpha -0.5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, usage, says", [
+    (["beam", "--prompt", "1", "--bogus"], "usage: npdecode beam", "--bogus"),
+    (["beam", "--prompt", "1", "--beam", "3"], "usage: npdecode beam", "--beam 3"),
+    (["compare", "--prefixes", "em", "jo", "al"], "usage: npdecode compare", "al"),
+])
+def test_unknown_or_abbreviated_options_are_refused_with_the_commands_usage(argv, usage, says,
+                                                                            capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and usage in err
+    assert f"error: unrecognized arguments: {says}" in err
+
+
+@pytest.mark.parametrize("prompt", ["３,２", "3_000", "0x10"])
+def test_a_prompt_takes_ascii_decimal_ids_only(prompt, capsys):
+    with pytest.raises(SystemExit):
+        main(["beam", "--prompt", prompt])
+    assert "decimal digits" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    # each setting is checked before the memory these sizes would need is estimated
+    (["--beam-width", "0", "--max-new-tokens", "100000000000"], "--beam-width must be >= 1"),
+    (["--prompt", "5000", "--beam-width", "100000000"], "token 5000 is not a valid id"),
+    (["--no-repeat-ngram-size", "-1", "--max-new-tokens", "100000000000"],
+     "--no-repeat-ngram-size must be >= 0"),
+])
+def test_beam_settings_are_checked_before_their_memory(argv, says, capsys):
+    assert main(["beam", "--prompt", "3"] + argv) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_a_one_token_vocabulary_with_huge_sizes_is_refused_at_once(capsys):
+    assert main(["beam", "--prompt", "0", "--vocab-size", "1", "--beam-width", str(10**12),
+                 "--max-new-tokens", str(10**12)]) == 2
+    assert "GiB and this machine has" in capsys.readouterr().err
+
+
+def test_hypotheses_that_run_out_of_tokens_are_printed_not_dropped(capsys):
+    # ten tokens, none may repeat: every hypothesis stops after nine, long before the limit
+    assert main(["beam", "--prompt", "1", "--vocab-size", "10", "--d-model", "8",
+                 "--no-repeat-ngram-size", "1", "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if re.match(r"│\s+\d+ │", line)]
+    assert len(rows) == 4
+
+
+def test_out_of_memory_names_the_commands_own_size_options(monkeypatch, capsys):
+    from npdecode.cli import beam
+
+    def exhausted(args):
+        raise MemoryError
+    monkeypatch.setattr(beam, "run", exhausted)
+    assert main(["beam", "--prompt", "3"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "npdecode beam: error: not enough memory for these settings; lower --max-new-tokens, "
+        "--beam-width, --vocab-size or --d-model")
+
+
+def test_train_refuses_a_minibatch_that_cannot_fit_in_memory_before_training(tmp_path, capsys):
+    assert main(["train", "--batch-size", str(10**9), "--steps", "1", "--no-progress",
+                 "--output", str(tmp_path / "m.npz")]) == 2
+    captured = capsys.readouterr()
+    assert "GiB and this machine has" in captured.err and "--batch-size" in captured.err
+    assert "training" not in captured.out and not (tmp_path / "m.npz").exists()

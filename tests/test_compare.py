@@ -108,3 +108,27 @@ def test_compare_runs_on_the_shipped_models(capsys):
     assert main(["compare"]) == 0
     text = capsys.readouterr().out
     assert "em" in text and "jo" in text and "wall-time ratio" in text
+
+
+def test_a_target_too_short_for_the_diversity_prefixes_is_refused(tmp_path):
+    # context 3 holds '.' + 'al' and nothing more: the diversity table could generate nothing
+    cfg = chargpt.CharGPTConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, max_context=3)
+    chargpt.CharGPT.init(cfg, seed=1).save(tmp_path / "t.npz")
+    chargpt.CharGPT.init(cfg, seed=2).save(tmp_path / "d.npz")
+    args = parse(["--target", str(tmp_path / "t.npz"), "--draft", str(tmp_path / "d.npz"),
+                  "--prefixes", "a", "b"])
+    with pytest.raises(ValueError, match=r"context of 3 tokens leaves no room .* prefix 'al' "
+                                         r".* a context of at least 4"):
+        args.func(args)
+
+
+def test_compare_says_which_models_it_ran(small_models, capsys):
+    target, draft = small_models
+    args = parse(["--target", str(target), "--draft", str(draft), "--repeats", "1",
+                  "--prefixes", "", "jo"])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    t, d = chargpt.CharGPT.load(target), chargpt.CharGPT.load(draft)
+    assert f"target: {target} ({t.num_params:,} parameters, context {t.max_context}); " \
+           f"draft: {draft} ({d.num_params:,} parameters)" in text
+    assert "(empty)" in text  # an empty prefix is shown as such, not as a blank cell

@@ -3,38 +3,49 @@
 from __future__ import annotations
 
 import argparse
-import os
+import re
+from types import SimpleNamespace
 
 import numpy as np
 
-from npdecode.cli.render import at_least, console, hypotheses_table
+from npdecode.cli.render import at_least, check_fits, console, hypotheses_table
 from npdecode.models.tinylm import TinyLM
 from npdecode.search.beam import batched_beam_search, count_hypotheses
+from npdecode.search.validate import check_int, check_length_penalty, check_request
 
 
 def token_list(text: str) -> list[int]:
     """'3,14,159' -> [3, 14, 159], with an error that says what was wrong."""
     if not text.strip():
         raise argparse.ArgumentTypeError("a prompt needs at least one token id, e.g. 3,14,159")
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
+    parts = [part.strip() for part in text.split(",")]
+    if not all(_ID.fullmatch(part) for part in parts):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of token ids (no empty entries), e.g. "
-            f"3,14,159") from None
+            f"{text!r} is not a comma-separated list of token ids (decimal digits, no empty "
+            f"entries), e.g. 3,14,159")
+    return [int(part) for part in parts]
 
+
+_ID = re.compile(r"-?[0-9]+")  # ASCII digits only: int() would also take '3_000' and '３'
 
 # The library's argument names, as this command's options.
 OPTIONS = {"beam_width": "--beam-width", "max_new_tokens": "--max-new-tokens",
-           "eos_token_id": "--eos", "no_repeat_ngram_size": "--no-repeat-ngram-size"}
+           "eos_token_id": "--eos", "no_repeat_ngram_size": "--no-repeat-ngram-size",
+           "alpha": "--alpha"}
+
+
+def check_settings(args: argparse.Namespace) -> None:
+    """The search's own checks of the request, made before the memory estimate and before
+    TinyLM is built (they need only its vocabulary size)."""
+    shape = SimpleNamespace(vocab_size=args.vocab_size)  # all the checks read off a model
+    _, T, _, _ = check_request(shape, args.prompt, args.max_new_tokens, args.eos)
+    check_int("beam_width", args.beam_width, minimum=1)
+    check_length_penalty("alpha", args.alpha, T)
+    check_int("no_repeat_ngram_size", args.no_repeat_ngram_size, minimum=0)
 
 
 def check_memory(args: argparse.Namespace) -> None:
     """Refuse, before building anything, settings that need more memory than the machine has."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system: no estimate
-        return
     item = 4 if args.float32 else 8
     V, d, T = args.vocab_size, args.d_model, max(args.max_new_tokens, 1)
     rows = len(args.prompt) * count_hypotheses(V, T, cap=max(args.beam_width, 1))
@@ -42,10 +53,10 @@ def check_memory(args: argparse.Namespace) -> None:
     need = item * (2 * V * d + 12 * d * d        # TinyLM's weights
                    + 2 * rows * slots * d        # the KV cache
                    + 3 * rows * V) + 4 * rows * T  # a step's logits; the token histories
-    if need > total:
-        raise ValueError(f"these settings need about {need / 2**30:,.0f} GiB and this machine "
-                         f"has {total / 2**30:,.0f} GiB: lower --max-new-tokens, --beam-width, "
-                         f"--vocab-size or --d-model")
+    check_fits(need, SIZE_OPTIONS)
+
+
+SIZE_OPTIONS = "--max-new-tokens, --beam-width, --vocab-size or --d-model"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -76,12 +87,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=at_least(0), default=0, metavar="S",
                    help="TinyLM weight seed (default 0)")
     p.add_argument("--float32", action="store_true", help="run the model in float32")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, size_options=SIZE_OPTIONS)
 
 
 def run(args: argparse.Namespace) -> int:
     out = console()
     try:
+        check_settings(args)
         check_memory(args)
         model = TinyLM(args.vocab_size, args.d_model, seed=args.seed,
                        dtype=np.float32 if args.float32 else np.float64)
@@ -103,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = "float32" if args.float32 else "float64"
     out.print(f"TinyLM(vocab_size={args.vocab_size}, d_model={args.d_model}, seed={args.seed}, "
               f"{dtype}); beam width {args.beam_width}, alpha {args.alpha}, "
-              f"eos {args.eos if args.eos is not None else 'none'}")
+              f"eos {args.eos if args.eos is not None else 'none'}", soft_wrap=True)
     for b, (prompt, hyps) in enumerate(zip(args.prompt, results)):
         out.print(hypotheses_table(f"prompt {b}: {','.join(map(str, prompt))}", hyps))
     return 0

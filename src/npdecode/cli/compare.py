@@ -193,7 +193,7 @@ def prefix_table(Table, target, draft, prefixes: Sequence[str], seed: int):
             counted = CallCounter(target)
             out = fn(counted, draft, [ids], [seed + i], budget(target, [ids]))[0]
             text = prefix + decode([EOS] + out.tokens) + ("." if EOS in out.tokens else "…")
-            table.add_row(prefix, name, text, f"{out.logprob:.2f}",
+            table.add_row(prefix or "(empty)", name, text, f"{out.logprob:.2f}",
                           f"{len(out.tokens) / counted.calls:.2f}")
         table.add_section()
     return table
@@ -271,7 +271,17 @@ def run(args: argparse.Namespace) -> int:
         if budget(target, [encode(prefix)]) < 1:
             raise ValueError(f"prefix {prefix!r} fills the model's context of "
                              f"{target.max_context} tokens; give a shorter one")
+    longest = max(DIVERSITY_PREFIXES, key=len)
+    if budget(target, [encode(longest)]) < 1:
+        raise ValueError(f"the target's context of {target.max_context} tokens leaves no room "
+                         f"to generate after the prefix {longest!r} of the diversity table "
+                         f"({len(encode(longest))} tokens with the start token); give a "
+                         f"--target with a context of at least {len(encode(longest)) + 1}")
     console = Console()
+    console.print(f"target: {args.target or 'the shipped target model'} "
+                  f"({target.num_params:,} parameters, context {target.max_context}); "
+                  f"draft: {args.draft or 'the shipped draft model'} "
+                  f"({draft.num_params:,} parameters)", soft_wrap=True)
     console.print(prefix_table(Table, target, draft, args.prefixes, args.seed))
     console.print(diversity_table(Table, target, draft, DIVERSITY_PREFIXES, args.seed))
     console.print(speculative_table(Table, target, draft, DIVERSITY_PREFIXES, args.seed,

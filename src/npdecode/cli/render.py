@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Callable, Sequence
 
 from rich.console import Console
@@ -22,6 +23,18 @@ def at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
     return parse
+
+
+def check_fits(need: int, lower: str) -> None:
+    """Refuse, before building anything, settings that need more than the machine's memory:
+    ``need`` bytes estimated, ``lower`` the options that would bring it down."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system: no estimate
+        return
+    if need > total:
+        raise ValueError(f"these settings need about {need / 2**30:,.0f} GiB and this machine "
+                         f"has {total / 2**30:,.0f} GiB: lower {lower}")
 
 
 def console() -> Console:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npdecode.cli.render import at_least
+from npdecode.cli.render import at_least, check_fits
 from npdecode.models.chargpt import CharGPTConfig
 from npdecode.train import RECIPES, TrainResult, bigram_loss, load_names, split_names, train
 
@@ -87,7 +87,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="training precision; float32 is about twice as fast. The saved "
                         "weights are float32 either way. default: float32")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, size_options=SIZE_OPTIONS)
+
+
+SIZE_OPTIONS = "--batch-size, --context, --d-model, --d-ff, --layers or --heads"
+
+
+def check_memory(config: CharGPTConfig, batch: int, dtype: str) -> None:
+    """Refuse a minibatch whose activations and gradients cannot fit in memory (an estimate
+    from the training step's arrays: per position and layer the attention rows and the
+    residual-width and MLP-width activations, then the logits; for the target recipe about
+    the peak resident size measured, 1.3 GB at --batch-size 4096)."""
+    T, L, H = config.max_context, config.n_layers, config.n_heads
+    per_position = L * (2 * H * T + 10 * config.d_model + 3 * config.d_ff) + 4 * config.vocab_size
+    check_fits(np.dtype(dtype).itemsize * batch * T * per_position, SIZE_OPTIONS)
 
 
 def _settings(args: argparse.Namespace):
@@ -112,6 +125,7 @@ def _settings(args: argparse.Namespace):
         raise ValueError(f"--lr must be a positive number, got {lr}")
     if not math.isfinite(wd) or wd < 0:
         raise ValueError(f"--weight-decay must be a number >= 0, got {wd}")
+    check_memory(config, batch, args.dtype)
     return config, steps, batch, lr, wd
 
 
@@ -202,7 +216,7 @@ def _train_with_progress(config: CharGPTConfig, steps: int, batch: int, lr: floa
         def on_step(step: int, loss: float) -> None:
             # An exponential moving average: a single minibatch's loss is noisy.
             smooth[0] = loss if smooth[0] is None else 0.98 * smooth[0] + 0.02 * loss
-            if step % 20 == 0 or step == steps:
+            if step % 20 == 0 or step in (1, steps):
                 progress.update(task, completed=step, loss=smooth[0])
 
         return train(config, on_step=on_step, **kwargs)
