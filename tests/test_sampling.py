@@ -161,6 +161,25 @@ def test_penalties_that_overflow_the_logits_are_an_error(frequency, presence):
                           masked - 2.0 * counts)
 
 
+@pytest.mark.parametrize("frequency, presence, ok", [
+    (1e300, 0.0, False),    # 3 + 2 = 5 occurrences at most: a shift of 5e300, refused
+    (-1e300, 0.0, False),
+    (0.0, 2e300, False),
+    (1.9e299, 0.0, True),   # 9.5e299: allowed, and a logit of size 1 stays finite
+])
+def test_penalties_that_could_leave_float64_are_refused_before_any_call(frequency, presence,
+                                                                        ok):
+    model = Recording(TinyLM(vocab_size=10, d_model=4, seed=0))
+    kw = dict(max_new_tokens=2, seed=0, frequency_penalty=frequency, presence_penalty=presence)
+    if ok:
+        assert len(sample(model, [[0, 1, 2]], **kw)[0].tokens) == 2
+        return
+    with pytest.raises(ValueError, match=r"can shift a logit by up to .* in sequences of up "
+                                         r"to 5 tokens, beyond float64's range"):
+        sample(model, [[0, 1, 2]], **kw)
+    assert model.log == []
+
+
 def test_processors_do_not_modify_their_input():
     before = X.copy()
     P.warp(X, temperature=0.5, top_k=2, top_p=0.5, min_p=0.1)

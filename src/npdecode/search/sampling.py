@@ -231,6 +231,21 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     opts = check_options(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                          frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
                          no_repeat_ngram_size=no_repeat_ngram_size)
+    check_penalty_range(opts, max((len(p) for p in clean), default=0) + n_new)
     rngs = make_generators(seed, len(clean))
     return _decode(model, clean, max_new_tokens=n_new, eos=eos, vocab=vocab, opts=opts,
                    rngs=rngs)
+
+
+def check_penalty_range(opts: SamplingOptions, longest: int) -> None:
+    """Refuse, before any work, penalties that could push a logit out of float64's range:
+    a token occurs at most ``longest`` times (the longest prompt plus max_new_tokens)."""
+    shift = abs(opts.frequency_penalty) * longest + abs(opts.presence_penalty)
+    if shift > _LARGEST_SHIFT:
+        raise ValueError(f"frequency_penalty={opts.frequency_penalty} / presence_penalty="
+                         f"{opts.presence_penalty} can shift a logit by up to {shift:.3g} in "
+                         f"sequences of up to {longest} tokens, beyond float64's range; use "
+                         f"penalties of the size of the logits")
+
+
+_LARGEST_SHIFT = 1e300  # leaves room for the logits themselves before float64 overflows
