@@ -10,7 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from npdecode import Hypothesis
-from npdecode.numerics import log_softmax
+
+
+def log_softmax(logits):
+    """The oracle's own log-softmax of one row (float64, max-shifted), not the library's."""
+    shifted = np.asarray(logits, dtype=np.float64) - np.max(logits)
+    return shifted - np.log(np.sum(np.exp(shifted)))
 
 
 def reference_beam_search(model, prompts, *, beam_width, max_new_tokens, alpha=0.0,

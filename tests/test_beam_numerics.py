@@ -21,6 +21,17 @@ def test_logits_of_magnitude_1e4_give_exact_finite_logprobs():
     assert res[1].tokens == [0, 0, 1] and abs(res[1].logprob - (3 * lp0 - 1)) < 1e-9
 
 
+def test_the_hf_policy_gives_the_same_exact_logprobs_for_logits_of_magnitude_1e4():
+    from npdecode import beam_search
+
+    model = FixedLogits([1e4, 1e4 - 1.0, -1e4, 1e4 - 2.0])
+    res = beam_search(model, [[1]], num_beams=2, max_new_tokens=3, length_penalty=0.0,
+                      num_return_sequences=2, policy="hf")[0]
+    lp0 = -math.log(1 + math.exp(-1) + math.exp(-2))
+    assert res[0].tokens == [0, 0, 0] and abs(res[0].logprob - 3 * lp0) < 1e-9
+    assert res[1].tokens == [0, 0, 1] and abs(res[1].logprob - (3 * lp0 - 1)) < 1e-9
+
+
 @pytest.mark.parametrize("big, dtype", [(1e17, np.float64), (1e30, np.float32)])
 def test_huge_equal_logits_keep_their_log_one_half(big, dtype):
     """Two equal best logits so large that log 2 vanishes next to them: each token still has

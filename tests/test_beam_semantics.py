@@ -51,6 +51,44 @@ def test_a_prompt_gives_the_same_hypotheses_alone_and_in_a_batch():
     assert tokens(batch[1]) != tokens(batch[0])  # the other prompt really is different
 
 
+class EndsAtOnceAfterOne:
+    """A forward-only TinyLM, except that a prompt starting with 1 makes the EOS almost
+    certain at every step: that item's pool fills with finished hypotheses while the others
+    go on."""
+
+    def __init__(self, **kw):
+        self.lm = TinyLM(**kw)
+        self.vocab_size = self.lm.vocab_size
+
+    def forward(self, ids):
+        logits = self.lm.forward(ids)
+        logits[np.asarray(ids)[:, 0] == 1, EOS] = 50.0
+        return logits
+
+
+def test_an_item_that_finishes_early_stops_no_other_item():
+    m = EndsAtOnceAfterOne(vocab_size=30, d_model=8, seed=2)
+    prompts = [[1, 5], [7, 8, 9]]
+    kw = dict(beam_width=2, max_new_tokens=6, alpha=0.6, eos_token_id=EOS)
+    batch = batched_beam_search(m, prompts, **kw)
+    assert all(h.finished for h in batch[0]) and max(len(h.tokens) for h in batch[0]) <= 2
+    assert_same(batch[1], batched_beam_search(m, [prompts[1]], **kw)[0])
+    assert_same(batch[1], reference_beam_search(m, [prompts[1]], **kw)[0])
+    # it went on after the first item's pool had finished
+    assert max(len(h.tokens) for h in batch[1]) > max(len(h.tokens) for h in batch[0])
+
+
+def test_each_step_is_one_model_call_over_every_live_beam_of_every_prompt():
+    from toy_models import Recording
+
+    m = Recording(TinyLM(vocab_size=40, d_model=8, seed=3))
+    prompts = [[1, 2], [3, 4, 5, 6], [7]]
+    batched_beam_search(m, prompts, beam_width=2, max_new_tokens=5)
+    # one prefill of the three prompts, then per step one extend of one token for all
+    # 3 x 2 beams (no EOS: none finishes); the last step needs no further call
+    assert m.log == [("prefill", 3, 0)] + [("extend", 6, 1)] * 4
+
+
 def test_three_ragged_prompts_each_match_their_solo_run():
     m = TinyLM(vocab_size=80, d_model=16, seed=11)
     prompts = [[1, 2], [3, 4, 5, 6, 7, 8, 9], [10, 11, 12, 13]]

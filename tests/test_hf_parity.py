@@ -250,6 +250,26 @@ def test_hf_early_stopping_true_stops_at_k_finished():
     assert len(never[0].tokens) > 2  # a longer hypothesis won once the search went on
 
 
+def test_hf_finished_set_keeps_an_older_hypothesis_ahead_of_a_new_one_at_equal_score():
+    """Step 1 offers four tokens at exactly -log 4, the EOS among them; after 1 or 2 the EOS
+    is certain (log-probability exactly 0). With no length penalty [EOS], [1, EOS] and
+    [2, EOS] all score -log 4: the one finished first ranks first, then the new ones in
+    candidate order."""
+
+    class Ties:
+        vocab_size = 4
+
+        def forward(self, ids):
+            rows = [[0.0, 0.0, 0.0, 0.0] if len(r) == 1 else [0.0, -np.inf, -np.inf, -np.inf]
+                    for r in np.asarray(ids)]
+            return np.array(rows)
+
+    res = beam_search(Ties(), [[3]], num_beams=2, max_new_tokens=2, eos_token_id=0,
+                      length_penalty=0.0, num_return_sequences=2, policy="hf")[0]
+    assert res[0].score == res[1].score and abs(res[0].score + math.log(4)) < 1e-15
+    assert [h.tokens for h in res] == [[0], [1, 0]]
+
+
 # -- options and bad input ------------------------------------------------------------------
 
 def test_options_are_checked():
