@@ -197,6 +197,74 @@ def test_top_p_is_applied_after_temperature():
     np.testing.assert_allclose(got[order[:size]], p[order[:size]] / p[order[:size]].sum())
 
 
+SPEC_ORDER = ("temperature", "top_k", "top_p", "min_p")   # SPEC section 5
+TIES = [1.0, 3.0, 1.0, 2.0, 1.0, 0.0, -1.0, 1.0]   # four tied logits of 1.0: ids 0, 2, 4, 7
+
+
+def oracle_distribution(row, *, temperature, top_k=0, top_p=1.0, min_p=0.0,
+                        order=SPEC_ORDER) -> list[float]:
+    """The processed distribution of one row, in plain Python: the steps one by one in
+    ``order``, each filter on the renormalized probabilities of the tokens still kept."""
+    z, kept = [float(v) for v in row], set(range(len(row)))
+
+    def probs():   # softmax over the kept tokens only (the others have probability 0)
+        m = max(z[i] for i in kept)
+        e = {i: math.exp(z[i] - m) for i in kept}
+        return {i: e[i] / sum(e.values()) for i in kept}
+
+    for step in order:
+        p = probs()
+        best = sorted(kept, key=lambda i: (-p[i], i))   # most probable first, ties: lowest id
+        if step == "temperature":
+            z = [v / temperature for v in z]
+        elif step == "top_k" and top_k > 0:
+            kept = set(best[:top_k])
+        elif step == "top_p":   # the smallest set of best tokens whose mass reaches top_p
+            kept, mass = set(), 0.0
+            for i in best:
+                kept.add(i)
+                mass += p[i]
+                if mass >= top_p:
+                    break
+        elif step == "min_p":
+            kept = {i for i in kept if p[i] >= min_p * p[best[0]]}
+    p = probs()
+    return [p.get(i, 0.0) for i in range(len(row))]
+
+
+KP = ("temperature", "top_p", "top_k", "min_p")   # top-k and top-p swapped
+PM = ("temperature", "top_k", "min_p", "top_p")   # top-p and min-p swapped
+LAST_T = ("top_k", "top_p", "min_p", "temperature")   # temperature after the filters
+
+
+@pytest.mark.parametrize("options, wrong_orders", [
+    # LOGITS: top-k keeps 3, then the nucleus of those is 2; the nucleus first keeps 3
+    (dict(temperature=1.0, top_k=3, top_p=0.7), [KP]),
+    # TIES: top-k's 5 (a tie cut: ids 0, 2 kept, 7 not) then the nucleus is 4; swapped, 5
+    (dict(temperature=1.0, top_k=5, top_p=0.9), [KP]),
+    # LOGITS: the nucleus keeps 4, all above 0.2 of the best; min-p first leaves a nucleus of 3
+    (dict(temperature=1.0, top_p=0.8, min_p=0.2), [PM]),
+    # LOGITS: at T = 2.5 the nucleus needs 5 tokens; before the temperature, 3
+    (dict(temperature=2.5, top_p=0.7), [LAST_T]),
+    # LOGITS: at T = 0.5 only 2 tokens are within 0.3 of the best; before the temperature, 4
+    (dict(temperature=0.5, min_p=0.3), [LAST_T]),
+    # every filter at once (5 tokens kept in both rows; in TIES ids 0, 2, 4 but not 7)
+    (dict(temperature=1.3, top_k=6, top_p=0.9, min_p=0.2), [KP, PM, LAST_T]),
+])
+def test_filters_apply_in_the_spec_order(options, wrong_orders):
+    """Temperature, then top-k, top-p, min-p (SPEC section 5), against a plain loop applying
+    them in that order; each case is one where the wrong orders give another distribution."""
+    rows = [LOGITS.tolist(), TIES]
+    want = [oracle_distribution(row, **options) for row in rows]
+    for order in wrong_orders:   # the case bites: a wrong order keeps other tokens in a row
+        wrong = [oracle_distribution(row, order=order, **options) for row in rows]
+        assert any([q > 0 for q in a] != [q > 0 for q in b] for a, b in zip(want, wrong))
+    got = P.distribution(np.array(rows), **options)
+    np.testing.assert_allclose(got, np.array(want), rtol=1e-12, atol=0)   # zeros exactly 0
+    warped = P.warp(np.array(rows), **options)   # filtered tokens are -inf, the others finite
+    assert np.array_equal(np.isfinite(warped), np.array(want) > 0)
+
+
 def test_sample_categorical_never_draws_a_zero_probability_token():
     probs = np.array([[0.0, 0.5, 0.0, 0.5, 0.0]] * 4)
     u = np.array([0.0, 0.4999999, 0.5, 1 - 2**-53])
@@ -285,6 +353,42 @@ def test_cached_and_recompute_paths_agree():
         assert x.logprob == pytest.approx(y.logprob, abs=1e-9)
 
 
+# -- log-probabilities ------------------------------------------------------------------------
+
+def test_sampled_logprob_is_the_raw_models_whatever_the_processors():
+    """At T = 1.3 with top-k, top-p and penalties, ``logprob`` still scores each sampled token
+    under the unmodified model: plain forward on the growing prefix, log-softmax written here."""
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9, 10]]
+    gens = sample(MODEL, prompts, max_new_tokens=8, temperature=1.3, top_k=4, top_p=0.9,
+                  frequency_penalty=0.3, presence_penalty=0.2, seed=[3, 4, 5])
+    for prompt, g in zip(prompts, gens):
+        seq, want = list(prompt), 0.0
+        for t in g.tokens:
+            x = MODEL.forward(np.array([seq]))[0].astype(np.float64).tolist()   # raw logits
+            m = max(x)
+            want += x[t] - m - math.log(sum(math.exp(v - m) for v in x))
+            seq.append(t)
+        assert len(g.tokens) == 8
+        assert g.logprob == pytest.approx(want, abs=1e-9)
+
+
+def test_logprobs_of_logits_of_size_1e4_are_finite_and_exact():
+    """Logits [1e4, 1e4 - 1, 0, 0]: exp(1e4) overflows, so only a max-shifted log-softmax gives
+    log p(0) = -log(1 + e^-1) and log p(1) = -1 - log(1 + e^-1) (e^-1e4 is 0 in float64)."""
+    model = FixedLogits([1e4, 1e4 - 1.0, 0.0, 0.0])
+    lse = math.log(1.0 + math.exp(-1.0))   # log(e^1e4 + e^(1e4 - 1) + 2) - 1e4
+    n = 5
+    for g in greedy(model, [[0], [2, 3]], max_new_tokens=n):
+        assert g.tokens == [0] * n
+        assert g.logprob == pytest.approx(-n * lse, abs=1e-12)
+    gens = sample(model, [[0]] * 8, max_new_tokens=n, temperature=1.0, seed=list(range(8)))
+    drawn = [t for g in gens for t in g.tokens]
+    assert set(drawn) == {0, 1}   # both finite scores are exercised (p(1) = 0.27 per draw)
+    for g in gens:
+        want = sum((0.0 if t == 0 else -1.0) - lse for t in g.tokens)
+        assert g.logprob == pytest.approx(want, abs=1e-12)
+
+
 # -- n-gram ban -------------------------------------------------------------------------------
 
 def repeated_bigram(seq) -> bool:
@@ -305,7 +409,10 @@ def test_no_repeat_ngram_2_never_repeats_a_bigram_prompt_included():
 def test_a_row_with_every_token_banned_stops_unfinished():
     gens = sample(FixedLogits([1.0, 2.0, 0.5]), [[0]], max_new_tokens=5, temperature=0.0,
                   no_repeat_ngram_size=1)
-    assert gens == [Generation(tokens=[1, 2], logprob=gens[0].logprob, finished=False)]
+    assert [(g.tokens, g.finished) for g in gens] == [([1, 2], False)]
+    # the raw row's log-softmax at 1 then 2: (2 - 2) + (0.5 - 2) - 2 log(e^-1 + 1 + e^-1.5)
+    want = -1.5 - 2 * math.log(math.exp(-1.0) + 1.0 + math.exp(-1.5))
+    assert gens[0].logprob == pytest.approx(want, abs=1e-12)
 
 
 # -- seeds ------------------------------------------------------------------------------------
