@@ -83,7 +83,9 @@ def test_float32_cached_path_is_close_to_float64(model):
     c64, c32 = model.new_cache(2, 8), m32.new_cache(2, 8)
     got = m32.prefill(prompts, c32)
     assert got.dtype == np.float32
-    np.testing.assert_allclose(got, model.prefill(prompts, c64), atol=1e-4)
+    # Logits up to 1.8, where a float32 ulp is 1.2e-7: measured 1.2e-6 (about ten ulps after
+    # two layers), <= 8e-7 over 20 other seeds and prompts; 5e-6 is four times that.
+    np.testing.assert_allclose(got, model.prefill(prompts, c64), atol=5e-6, rtol=0)
 
 
 def test_context_limit_is_enforced(model):

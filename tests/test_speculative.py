@@ -207,19 +207,28 @@ def test_temperature_zero_equals_target_greedy(k, eos, noise):
 
 # -- one target call per round -------------------------------------------------------------
 
-def oracle_rounds(target, draft, prompt, k, n_new):
-    """Rounds of greedy speculative decoding of one prompt, simulated with plain forwards."""
-    seq, made, rounds = list(prompt), 0, 0
+def oracle_rounds(target, draft, prompt, k, n_new, eos=None):
+    """Greedy speculative decoding of one prompt, simulated with plain forwards.
+
+    Returns (drafts proposed in each round, drafts accepted in all). At temperature 0 a draft
+    is accepted exactly when it is the target's argmax; a round proposes min(k, budget left).
+    """
+    seq, made, proposed, accepted = list(prompt), 0, [], 0
     while made < n_new:
         kr = min(k, n_new - made)
         proposal = oracle_greedy(draft, seq, kr)
         truth = oracle_greedy(target, seq, kr + 1)
         j = next((i for i in range(kr) if proposal[i] != truth[i]), kr)
         step = truth[: j + 1][: n_new - made]
+        if eos in step:
+            step = step[: step.index(eos) + 1]
         seq += step
         made += len(step)
-        rounds += 1
-    return rounds
+        proposed.append(kr)
+        accepted += j   # accepted drafts count even when an EOS among them ends the row
+        if eos in step:
+            break
+    return proposed, accepted
 
 
 @pytest.mark.parametrize("k", [1, 3, 5])
@@ -227,13 +236,37 @@ def test_the_target_is_called_once_per_round(k):
     target, draft = Recording(BIG_T), Recording(close_draft(0.03))
     res = speculative_sample(target, draft, [[1, 2, 3]], num_draft_tokens=k, max_new_tokens=30,
                              temperature=0.0)
-    rounds = oracle_rounds(BIG_T, draft.model, [1, 2, 3], k, 30)
+    rounds = len(oracle_rounds(BIG_T, draft.model, [1, 2, 3], k, 30)[0])
     assert target.log[0] == ("prefill", 1, 0)
     extends = target.log[1:]
     assert len(extends) == rounds and res.target_calls == 1 + rounds
     # Each round's single call scores the last committed token and every draft of the round.
     assert all(name == "extend" and 2 <= t <= k + 1 for name, _, t in extends)
     assert res.draft_calls == len(draft.log)
+
+
+def test_counts_sum_each_rows_own_proposals_when_budgets_differ():
+    """Rows accept different numbers of drafts, so later rounds find them with different
+    budgets left (and an EOS ends one row after its first round): each row proposes only
+    min(k, its own budget), and the counts are the sums of the rows' own rounds."""
+    k, n_new, eos = 4, 7, 8
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9], [3, 3]]
+    target, draft = Recording(BIG_T), Recording(close_draft(0.03))
+    res = speculative_sample(target, draft, prompts, num_draft_tokens=k, max_new_tokens=n_new,
+                             eos_token_id=eos, temperature=0.0)
+    rows = [oracle_rounds(BIG_T, draft.model, p, k, n_new, eos) for p in prompts]
+    per_round = [[kr[r] for kr, _ in rows if len(kr) > r]      # live rows' proposals, round r
+                 for r in range(max(len(kr) for kr, _ in rows))]
+    # The budgets really differ within a round: counting every live row at the round's largest
+    # count (n * k) would give more.
+    assert sum(map(sum, per_round)) < sum(len(c) * max(c) for c in per_round)
+    assert res.proposed == sum(sum(kr) for kr, _ in rows)
+    assert res.accepted == sum(a for _, a in rows)
+    assert 0 < res.accepted < res.proposed
+    assert res.target_calls == 1 + len(per_round) == len(target.log)
+    # The draft runs the round's largest count of steps, one extend each.
+    assert res.draft_calls == 1 + sum(max(c) for c in per_round) == len(draft.log)
+    assert any(g.finished for g in res.generations)
 
 
 def test_a_draft_equal_to_the_target_is_always_accepted():
@@ -366,6 +399,43 @@ def test_a_context_limit_is_checked_up_front_and_never_crossed():
     assert [len(g.tokens) for g in res.generations] == [8, 8, 8]
     with pytest.raises(ValueError, match="context"):
         speculative_sample(target, draft, prompts, num_draft_tokens=5, max_new_tokens=9)
+
+
+class Counting:
+    """A cached model that counts every call of any of its methods."""
+
+    def __init__(self, model, max_context=None):
+        self.model, self.calls = model, 0
+        self.vocab_size, self.max_context = model.vocab_size, max_context
+
+    def _count(self, name, *args):
+        self.calls += 1
+        return getattr(self.model, name)(*args)
+
+    def forward(self, ids):
+        return self._count("forward", ids)
+
+    def new_cache(self, rows, slots):
+        return self._count("new_cache", rows, slots)
+
+    def prefill(self, prompts, cache):
+        return self._count("prefill", prompts, cache)
+
+    def extend(self, tokens, cache):
+        return self._count("extend", tokens, cache)
+
+
+def test_the_drafts_own_context_limit_is_checked_up_front():
+    # The target has no limit; the draft's 6 positions cannot hold 4 prompt tokens + 5 new.
+    target, draft = Counting(BIG_T), Counting(BIG_T, max_context=6)
+    with pytest.raises(ValueError, match=r"needs 9 positions but the draft model's context is 6"):
+        speculative_sample(target, draft, [[1, 2, 3, 4], [5]], num_draft_tokens=3,
+                           max_new_tokens=5, temperature=1.0, seed=[1, 2])
+    assert target.calls == draft.calls == 0   # refused before any work
+    # Within the draft's limit the same call runs.
+    res = speculative_sample(target, draft, [[1, 2, 3, 4], [5]], num_draft_tokens=3,
+                             max_new_tokens=2, temperature=1.0, seed=[1, 2])
+    assert [len(g.tokens) for g in res.generations] == [2, 2]
 
 
 def test_temperature_zero_equals_greedy_on_a_model_with_positions():

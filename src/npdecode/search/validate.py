@@ -91,8 +91,10 @@ def check_length_penalty(name: str, value: object, max_new_tokens: int) -> float
 _LOG_PENALTY_LIMIT = 700.0  # len ** alpha within exp(+-700): finite and normal in float64
 
 
-def check_context(model: object, prompts: list[list[int]], max_new_tokens: int) -> None:
-    """Refuse, before decoding, a prompt that cannot be extended by max_new_tokens."""
+def check_context(model: object, prompts: list[list[int]], max_new_tokens: int,
+                  who: str = "the model") -> None:
+    """Refuse, before decoding, a prompt that cannot be extended by max_new_tokens (``who``
+    names the model in the message)."""
     limit = getattr(model, "max_context", None)
     if limit is None:
         return
@@ -100,7 +102,7 @@ def check_context(model: object, prompts: list[list[int]], max_new_tokens: int) 
         if len(p) + max_new_tokens > limit:
             raise ValueError(
                 f"prompt {b} has {len(p)} tokens; with max_new_tokens={max_new_tokens} it needs "
-                f"{len(p) + max_new_tokens} positions but the model's context is {limit}. "
+                f"{len(p) + max_new_tokens} positions but {who}'s context is {limit}. "
                 f"Shorten the prompt or lower max_new_tokens.")
 
 
