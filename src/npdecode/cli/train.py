@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: the validation loss is above {uniform:.2f} nats/char, that of guessing "
               f"every character alike: training diverged or did not learn; try a lower --lr "
               f"or more --steps")
-    print(f"training time:    {seconds:.0f} s")
+    print(f"time:             {seconds:.0f} s (training, then the validation loss)")
     print(f"wrote {path}")
     return 0
 
@@ -218,5 +218,7 @@ def _train_with_progress(config: CharGPTConfig, steps: int, batch: int, lr: floa
             smooth[0] = loss if smooth[0] is None else 0.98 * smooth[0] + 0.02 * loss
             if step % 20 == 0 or step in (1, steps):
                 progress.update(task, completed=step, loss=smooth[0])
+            if step == steps:  # train() goes on to the validation loss
+                progress.update(task, description="validating")
 
         return train(config, on_step=on_step, **kwargs)
