@@ -187,7 +187,7 @@ def test_extend_output_of_the_wrong_shape_is_reported_as_such(strategy, fault, s
            "hf": lambda: beam_search(m, prompts, num_beams=1, max_new_tokens=3, policy="hf"),
            "greedy": lambda: greedy(m, prompts, max_new_tokens=3),
            "sample": lambda: sample(m, prompts, max_new_tokens=3, seed=0)}[strategy]
-    with pytest.raises(ValueError, match=rf"model.extend returned logits of shape {shown}; "
+    with pytest.raises(ValueError, match=rf"the model's extend returned logits of shape {shown}; "
                                          rf"expected \(70, 1, V\)"):
         run()
 

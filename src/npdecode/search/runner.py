@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from npdecode.models.protocol import is_cached, vocab_size_of
+from npdecode.search.validate import check_extend_shape
 
 
 class CachedRunner:
@@ -65,12 +66,7 @@ class CachedRunner:
         self.calls += 1
         self.rows += len(tokens)
         logits = self.model.extend(tokens, self.cache)
-        if not isinstance(logits, np.ndarray) or logits.ndim != 3 or (
-                logits.shape[:2] != tokens.shape):
-            shape = getattr(logits, "shape", type(logits).__name__)
-            raise ValueError(f"model.extend returned logits of shape {shape}; expected "
-                             f"({len(tokens)}, 1, V): one row per sequence, one position per "
-                             f"new token")
+        check_extend_shape(logits, len(tokens), 1, None)
         return logits[:, 0]
 
 

@@ -39,8 +39,8 @@ from npdecode.models.protocol import is_cached, vocab_size_of
 from npdecode.numerics import log_softmax
 from npdecode.search import processors as P
 from npdecode.search.sampling import Generation, check_options, make_generators
-from npdecode.search.validate import (check_context, check_eos, check_ids, check_int,
-                                      check_logits, check_prompts)
+from npdecode.search.validate import (check_context, check_eos, check_extend_shape, check_ids,
+                                      check_int, check_logits, check_prompts)
 
 
 @dataclass(frozen=True)
@@ -70,10 +70,7 @@ class SpeculativeResult:
 def _checked(logits: object, n: int, t: int, vocab: int | None, items: np.ndarray,
              who: str) -> np.ndarray:
     """Validate ``extend`` logits (n, t, V) of the rows whose batch items are ``items``."""
-    if not isinstance(logits, np.ndarray) or logits.ndim != 3 or logits.shape[:2] != (n, t):
-        shape = getattr(logits, "shape", type(logits).__name__)
-        raise ValueError(f"{who} model's extend returned logits of shape {shape}; expected "
-                         f"({n}, {t}, {vocab if vocab is not None else 'V'})")
+    check_extend_shape(logits, n, t, vocab, who=f"the {who} model")
     check_logits(logits.reshape(n * t, -1), n * t, vocab, np.repeat(items, t))
     return np.asarray(logits, dtype=np.float64)
 

@@ -13,6 +13,17 @@ from npdecode.models.protocol import check_int, vocab_size_of
 from npdecode.numerics import part_maxima
 
 
+def check_extend_shape(logits: object, n: int, t: int, vocab_size: int | None,
+                       who: str = "the model") -> None:
+    """Refuse ``extend`` output that is not an array of logits (n, t, V), before it is
+    indexed (``who`` names the model in the message)."""
+    if not isinstance(logits, np.ndarray) or logits.ndim != 3 or logits.shape[:2] != (n, t):
+        shape = getattr(logits, "shape", type(logits).__name__)
+        raise ValueError(f"{who}'s extend returned logits of shape {shape}; expected "
+                         f"({n}, {t}, {vocab_size if vocab_size is not None else 'V'}): one "
+                         f"row per sequence, one position per new token")
+
+
 def check_finite(name: str, value: object) -> float:
     """A finite real number, else ValueError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
@@ -34,7 +45,7 @@ def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int | None) -> l
                              f"array of shape {prompt.shape}")
         if len(prompt) == 0:
             raise ValueError(f"prompt {b} is empty; every prompt needs at least one token")
-        if isinstance(prompt, np.ndarray) and prompt.ndim == 1 and prompt.dtype.kind in "iu":
+        if isinstance(prompt, np.ndarray) and prompt.dtype.kind in "iu":
             prompt = prompt.tolist()  # Python ints: checked like a list
         if all(type(tok) is int for tok in prompt) and min(prompt) >= 0 and (
                 max(prompt) < limit):
