@@ -21,6 +21,17 @@ def lognorm(logits, row_max):
     return lse if shift is None else shift + lse
 
 
+def top_candidates_of(x, parts, offset, item, k, batch, rng=None):
+    """``top_candidates`` on sequences' logits x (n, V); with ``rng``, the logits are handed
+    over with their rows shuffled (sequence i's logits in row rows[i])."""
+    rows, logits = None, x
+    if rng is not None:
+        rows = rng.permutation(len(x))
+        logits = np.empty_like(x)
+        logits[rows] = x
+    return top_candidates(logits, maxima(x, parts), offset, item, k, batch, rows=rows)
+
+
 def brute_force(x, offset, item, k, batch):
     """Each item's k best (value, row, token): value desc, then row, then token."""
     out = []
@@ -51,13 +62,8 @@ def test_top_candidates_equal_a_full_sort_including_ties(dtype, spread, seed, pe
     x[rng.random((n, V)) < 0.1] = -np.inf                   # and some masked tokens
     x[:, 0] = np.maximum(x[:, 0], 0)                        # every row keeps a real token
     offset = np.round(rng.normal(0, spread, size=n))        # integer offsets keep ties exact
-    rows, logits = None, x
-    if permuted:  # sequence i's logits are row rows[i]
-        rows = rng.permutation(n)
-        logits = np.empty_like(x)
-        logits[rows] = x
-    value, row, token = top_candidates(logits, maxima(x, parts), offset, item, k, batch,
-                                       rows=rows)
+    value, row, token = top_candidates_of(x, parts, offset, item, k, batch,
+                                          rng if permuted else None)
     for b, want in enumerate(brute_force(x, offset, item, k, batch)):
         got = [(value[b, j], row[b, j], token[b, j]) for j in range(k) if row[b, j] >= 0]
         assert got == want
@@ -88,13 +94,8 @@ def test_many_survivors_without_ties_are_ranked_by_value(seed, permuted, parts, 
     n = len(item)
     x = rng.normal(0, 2, size=(n, V))                        # continuous: no equal values
     offset = rng.normal(0, 5, size=n)
-    rows, logits = None, x
-    if permuted:
-        rows = rng.permutation(n)
-        logits = np.empty_like(x)
-        logits[rows] = x
-    value, row, token = top_candidates(logits, maxima(x, parts), offset, item, k, batch,
-                                       rows=rows)
+    value, row, token = top_candidates_of(x, parts, offset, item, k, batch,
+                                          rng if permuted else None)
     for b, want in enumerate(brute_force(x, offset, item, k, batch)):
         assert [(value[b, j], row[b, j], token[b, j]) for j in range(k)] == want
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
-from npdecode.models.protocol import check_token_ids, left_pad, model_dtype
+from npdecode.models.protocol import check_token_ids, model_dtype, prefill_with_extend
 
 EPS = 1e-5  # RMSNorm: keeps 1/rms finite for an all-zero vector
 
@@ -195,9 +195,7 @@ class CharGPT:
 
     def prefill(self, prompts: Sequence[Sequence[int]], cache: KVCache) -> np.ndarray:
         """Write left-padded prompts into cache rows 0..N-1; logits (N, V) of their last token."""
-        ids, lengths = left_pad(prompts)
-        cache.begin(lengths, ids.shape[1])
-        return self.extend(ids, cache)[:, -1]
+        return prefill_with_extend(self, prompts, cache)
 
     def extend(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
         """Append tokens (n, t) to cache rows 0..n-1; return their logits (n, t, V)."""

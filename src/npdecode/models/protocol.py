@@ -95,6 +95,16 @@ def vocab_size_of(model: object) -> int | None:
     return int(v) if v is not None else None
 
 
+def prefill_with_extend(model: CachedLM, prompts: Sequence[Sequence[int]], cache: KVCache
+                        ) -> np.ndarray:
+    """``prefill`` for a model whose ``extend`` takes the prompts as one left-padded block:
+    the cache is begun for the block, which then goes through ``extend``; logits (N, V) of
+    each prompt's last token."""
+    ids, lengths = left_pad(prompts)
+    cache.begin(lengths, ids.shape[1])
+    return model.extend(ids, cache)[:, -1]
+
+
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Prompts -> (ids (N, T) right-aligned, lengths (N,)). Padding slots hold ``pad_id``."""
     lengths = np.array([len(p) for p in prompts], dtype=np.int64)

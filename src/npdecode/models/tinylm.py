@@ -13,7 +13,8 @@ import numpy as np
 
 from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
-from npdecode.models.protocol import check_int, check_token_ids, left_pad, model_dtype
+from npdecode.models.protocol import (check_int, check_token_ids, model_dtype,
+                                      prefill_with_extend)
 
 
 class TinyLM:
@@ -76,9 +77,7 @@ class TinyLM:
                        dtype=self.dtype)
 
     def prefill(self, prompts: Sequence[Sequence[int]], cache: KVCache) -> np.ndarray:
-        ids, lengths = left_pad(prompts)
-        cache.begin(lengths, ids.shape[1])
-        return self.extend(ids, cache)[:, -1]
+        return prefill_with_extend(self, prompts, cache)
 
     def extend(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
         tokens = np.asarray(tokens)
