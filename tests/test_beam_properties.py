@@ -1,9 +1,12 @@
 """The fast path against the slow per-beam reference on random models and settings."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from npdecode import TinyLM, batched_beam_search
+from npdecode import cache as cache_module
+from npdecode.search import candidates
 from reference_beam import reference_beam_search
 
 
@@ -90,3 +93,28 @@ def test_each_prompt_gives_the_same_result_alone(case, which):
     b = which % len(case["prompts"])
     alone = batched_beam_search(**{**case, "prompts": [case["prompts"][b]]})
     check_equal([batch[b]], alone, tolerance(case["model"]))
+
+
+@pytest.mark.parametrize("finishing", [True, False])
+@pytest.mark.parametrize("dtype, whole_bytes", [(np.float64, None), (np.float32, None),
+                                                (np.float64, 0)])
+def test_fast_path_equals_the_reference_at_benchmark_scale(dtype, whole_bytes, finishing,
+                                                           monkeypatch):
+    """The benchmarks' TinyLM, 96 beams over 12 prompts of 4-16 tokens: the paths taken only
+    by large steps (the word-wise survivor search and the smaller comparison buffer over
+    96,000 logits, the grouping of hundreds of survivors, the cache's array pairing of more
+    than 64 rows, float32's chunked sums over a 1000-token row; with ``whole_bytes`` 0, a
+    cache read in whole, growing blocks) against the reference, with beams finishing from
+    the first step on (an EOS that is a prompt's likeliest token) or none (no EOS)."""
+    if whole_bytes is not None:
+        monkeypatch.setattr(cache_module, "_WHOLE_BYTES", whole_bytes)
+    model = TinyLM(vocab_size=1000, d_model=64, seed=0, dtype=dtype)
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(1, 1000, size=rng.integers(4, 17)).tolist() for _ in range(12)]
+    eos = int(np.argmax(model.forward(np.array([prompts[0]]))[0])) if finishing else None
+    kw = dict(beam_width=8, max_new_tokens=10, alpha=0.6, eos_token_id=eos)
+    assert len(prompts) * 8 * 1000 >= candidates._MANY_ELEMENTS
+    assert len(prompts) * 8 > cache_module._FEW_ROWS
+    got = batched_beam_search(model, prompts, **kw)
+    assert any(h.finished for hyps in got for h in hyps) == finishing
+    check_equal(got, reference_beam_search(model, prompts, **kw), tolerance(model))
