@@ -48,7 +48,7 @@ def _one_prompt(model, prompt, K, T, alpha, eos, ngram):
             continue  # no unfinished hypothesis: the pool stays as it is
         entries = []  # (sort key, hypothesis)
         for rank, (g, lp_sum, fin, stop) in enumerate(pool):
-            held = (-_score(lp_sum, len(g), alpha), 0, rank, 0, 0)  # its key as itself
+            held = (-_score(lp_sum, len(g), alpha), 0, 0, rank, 0, 0, 0)  # its key as itself
             if fin or stop:
                 entries.append((held, (g, lp_sum, fin, stop)))
                 continue
@@ -56,17 +56,20 @@ def _one_prompt(model, prompt, K, T, alpha, eos, ngram):
             lp = log_softmax(logits)
             banned = _banned(prompt + g, ngram)               # never chosen
             m = min(2 * K, len(lp))
-            # top-m tokens: highest lp first, ties to the lowest id
-            ranked = [t for t in np.lexsort((np.arange(len(lp)), -lp)).tolist()
+            # top-m tokens: highest lp first; equal ones (rounding can make tokens with
+            # different logits equal) by the higher logit, then the lowest id
+            ranked = [t for t in np.lexsort((np.arange(len(lp)), -logits, -lp)).tolist()
                       if t not in banned][:m]
             if not ranked:  # every token banned: it stops here and keeps its place
                 entries.append((held, (g, lp_sum, False, True)))
             for t in ranked:
                 lp_t = lp[t]
                 h = (g + [t], lp_sum + lp_t, eos is not None and t == eos, False)
-                # ties: held first, then parent's rank, then higher lp, then lower id
-                entries.append(((-_score(lp_sum + lp_t, len(g) + 1, alpha), 1, rank, -lp_t, t),
-                                h))
+                # Ties: held first. Candidates (all of one length) by their logprob, whose
+                # order the division by len ** alpha can round into equal scores, then the
+                # parent's rank, then higher lp, higher logit, lower id.
+                entries.append(((-_score(lp_sum + lp_t, len(g) + 1, alpha), 1,
+                                 -(lp_sum + lp_t), rank, -lp_t, -logits[t], t), h))
         entries.sort(key=lambda e: e[0])
         pool = [h for _, h in entries[:K]]
     return [Hypothesis(tokens=g, score=float(_score(lp, len(g), alpha)), logprob=float(lp),

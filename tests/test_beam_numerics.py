@@ -186,3 +186,52 @@ def test_running_out_of_allowed_tokens_is_the_same_as_reaching_the_length_limit(
         assert [(h.tokens, h.finished) for h in beyond] == [(h.tokens, h.finished)
                                                             for h in other]
         assert max(abs(h.score - o.score) for h, o in zip(beyond, other)) < 1e-9
+
+
+class PrefixRows:
+    """A forward-only model whose logits are a fixed row per generated prefix."""
+
+    def __init__(self, rows, dtype, prompt_len=1):
+        self.rows, self.dtype, self.prompt_len = rows, dtype, prompt_len
+        self.vocab_size = len(next(iter(rows.values())))
+
+    def forward(self, token_ids):
+        return np.array([self.rows[tuple(r[self.prompt_len:])] for r in token_ids.tolist()],
+                        dtype=self.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_rows_that_differ_by_a_constant_tie_exactly_and_the_tie_rule_decides(dtype):
+    # Two beams at -log 2; the logits after [0] are those after [1] plus 2, so all four
+    # children have logprob -2 log 2 exactly, and the tie goes to the first beam's children.
+    inf = np.inf
+    model = PrefixRows({(): [0, 0, -inf, -inf], (0,): [3, 3, -inf, -inf],
+                        (1,): [1, 1, -inf, -inf]}, dtype)
+    kw = dict(beam_width=2, max_new_tokens=2)
+    got = batched_beam_search(model, [[2]], **kw)[0]
+    assert [h.tokens for h in got] == [[0, 0], [0, 1]]
+    assert [h.logprob for h in got] == [-2 * math.log(2)] * 2
+    want = reference_beam_search(model, [[2]], **kw)[0]
+    assert [h.tokens for h in want] == [h.tokens for h in got]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_hypotheses_adding_the_same_log_probs_tie_exactly(dtype):
+    # [0, 1] and [1, 0] add the same two log-softmax values: the tie rule (the parent's place)
+    # takes [0, 1], whatever rounding a different order of additions would have left.
+    model = PrefixRows({(): [0.0, -4.0, -np.inf]} | {(t,): [0.0, -4.0, -np.inf] for t in
+                                                      range(3)}, dtype)
+    lp = log_softmax(np.array([0.0, -4.0, -np.inf]))
+    got = batched_beam_search(model, [[2]], beam_width=3, max_new_tokens=2)[0]
+    assert [h.tokens for h in got] == [[0, 0], [0, 1], [1, 0]]
+    assert got[1].logprob == got[2].logprob
+    assert abs(got[1].logprob - (lp[0] + lp[1])) <= (0 if dtype == np.float64 else 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("logit", [0.5, 3.0, -7.25])
+def test_a_rows_only_finite_token_has_log_probability_exactly_zero(dtype, logit):
+    model = FixedLogits([-np.inf, logit, -np.inf])
+    model.row = model.row.astype(dtype)
+    best = batched_beam_search(model, [[0]], beam_width=1, max_new_tokens=3)[0][0]
+    assert best.tokens == [1, 1, 1] and best.logprob == 0.0 and best.score == 0.0

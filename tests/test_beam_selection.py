@@ -18,7 +18,7 @@ def maxima(x, parts):
 def lognorm(logits, row_max):
     """log(sum(exp(logits))) per row, from the parts ``log_normalizer`` returns."""
     shift, lse = log_normalizer(logits, row_max)
-    return lse if shift is None else shift + lse
+    return shift + lse
 
 
 def top_candidates_of(x, parts, offset, item, k, batch, rng=None):
@@ -29,7 +29,8 @@ def top_candidates_of(x, parts, offset, item, k, batch, rng=None):
         rows = rng.permutation(len(x))
         logits = np.empty_like(x)
         logits[rows] = x
-    return top_candidates(logits, maxima(x, parts), offset, item, k, batch, rows=rows)
+    return top_candidates(logits, maxima(x, parts), offset, np.zeros(len(x)), item, k, batch,
+                          rows=rows)
 
 
 def brute_force(x, offset, item, k, batch):
@@ -69,7 +70,7 @@ def test_top_candidates_equal_a_full_sort_including_ties(dtype, spread, seed, pe
         assert got == want
 
 
-@pytest.mark.parametrize("shift", [0.0, -45.0, 45.0, -700.0, 700.0])  # both summation paths
+@pytest.mark.parametrize("shift", [0.0, -45.0, 45.0, -700.0, 700.0])  # logits far from 0 too
 def test_float32_normalizer_is_accurate_to_float32_rounding(shift):
     rng = np.random.default_rng(0)
     logits = (rng.standard_normal((64, 1000)) * 4 + shift).astype(np.float32)
@@ -104,8 +105,8 @@ def test_float64_normalizer_of_many_equal_terms_is_exact_to_1e12():
     """Long rows of equal terms are where a sum's rounding piles up; fsum is the oracle."""
     x = np.full((3, 50_000), -3.0)
     x[:, 0] = 5.0
-    x[1] += 30.0   # moderate maxima: summed without subtracting the max
-    x[2] -= 700.0  # far below: the max is subtracted first
+    x[1] += 30.0   # the same row moved by a constant
+    x[2] -= 700.0  # far below 0
     exact = np.array([math.log(math.fsum(math.exp(v - r.max()) for v in r)) + r.max()
                       for r in x])
     assert np.abs(lognorm(x, x.max(1)) - exact).max() < 1e-12
@@ -117,10 +118,11 @@ def test_float32_normalizer_of_many_equal_terms_is_accurate(V):
     rounding piles up. fsum of the same float32 exponentials is the oracle."""
     x = np.full((3, V), -1.5, dtype=np.float32)
     x[:, 0] = 2.0
-    x[1] += 20.0   # larger terms, same pattern
+    x[1] += 20.0   # the same row moved by a constant
     x[2, 1::2] = -30.0
-    e = np.exp(x).astype(np.float64)  # the float32 exponentials, exactly
-    exact = np.array([math.log(math.fsum(r)) for r in e])
+    row_max = x.max(1, keepdims=True)
+    e = np.exp(x - row_max).astype(np.float64)  # the float32 exponentials, exactly
+    exact = np.array([math.log(math.fsum(r)) for r in e]) + row_max[:, 0]
     # pairwise summation's own guarantee for these rows is a few 1e-7: ask for the same
     assert np.abs(lognorm(x, x.max(1).astype(np.float64)) - exact).max() < 3e-7
 
@@ -161,7 +163,7 @@ def test_one_beam_per_item_takes_each_rows_best(seed, ties):
     x = x.astype(np.float32)
     offset = rng.normal(0, 5, size=batch)
     item = np.arange(batch)
-    value, row, token = top_candidates(x, maxima(x, 1), offset, item, 1, batch)
+    value, row, token = top_candidates(x, maxima(x, 1), offset, np.zeros(batch), item, 1, batch)
     for b, want in enumerate(brute_force(x, offset, item, 1, batch)):
         assert [(value[b, 0], row[b, 0], token[b, 0])] == want
 
@@ -185,20 +187,42 @@ def test_part_maxima_are_the_maxima_of_equal_column_ranges(V, parts, split):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_each_rows_normalizer_is_the_same_alone_and_among_others(dtype):
-    """Rows take different paths (exp of the row as it is, or of the row less its max); each
-    row's result must not depend on which other rows share the call."""
+    """Each row's result must not depend on which other rows share the call (nor on the
+    other rows' magnitudes)."""
     rng = np.random.default_rng(4)
     x = rng.standard_normal((6, 300))
-    x[1] += 20.0      # moderate
-    x[3] += 60.0      # float32: shifted
-    x[5] -= 800.0     # float64: shifted too
+    x[1] += 20.0      # rows of very different magnitudes
+    x[3] += 60.0
+    x[5] -= 800.0
     x = x.astype(dtype)
     row_max = x.max(axis=1).astype(np.float64)
     shift, lse = log_normalizer(x, row_max)
     for r in range(len(x)):
         s1, l1 = log_normalizer(x[r:r + 1], row_max[r:r + 1])
-        assert (0.0 if shift is None else shift[r]) == (0.0 if s1 is None else s1[0])
+        assert shift[r] == s1[0]
         assert lse[r] == l1[0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_softmax_is_max_shifted_equal_for_shifted_rows_and_never_positive(dtype):
+    """Rows that differ by a constant get the same normalizer and log-probabilities; a row's
+    only finite token has log-probability exactly 0; no log-probability is positive."""
+    rng = np.random.default_rng(7)
+    base = rng.integers(-20, 20, size=300).astype(np.float64)   # exact in float32 too
+    one = np.full(300, -np.inf)
+    one[5] = 0.5                                                # the only finite token
+    x = np.stack([base, base + 7.0, base - 300.0, base + 1e4, one,
+                  rng.normal(0.0, 3.0, size=300), rng.normal(30.0, 0.01, size=300)])
+    x = x.astype(dtype)
+    shift, lse = log_normalizer(x, x.max(axis=1))
+    np.testing.assert_array_equal(shift, x.max(axis=1))
+    assert lse[0] == lse[1] == lse[2] == lse[3]
+    assert lse[4] == 0.0
+    assert (lse >= 0.0).all()
+    lp = (x.astype(np.float64) - shift[:, None]) - lse[:, None]  # as the search forms them
+    np.testing.assert_array_equal(lp[0], lp[3])
+    assert lp[4, 5] == 0.0
+    assert (lp <= 0.0).all()
 
 
 @pytest.mark.parametrize("other", [(1, 5), (0, 4)])  # the tie's other side: another row, a token
@@ -213,7 +237,7 @@ def test_a_tie_just_past_the_kth_best_goes_to_the_tie_rule(other, parts, monkeyp
     offset, item = np.zeros(2), np.zeros(2, dtype=np.int64)
     for rows in (None, np.array([1, 0])):
         logits = x if rows is None else x[::-1].copy()
-        value, row, token = top_candidates(logits, maxima(x, parts), offset, item, 2, 1,
-                                           rows=rows)
+        value, row, token = top_candidates(logits, maxima(x, parts), offset, np.zeros(2),
+                                           item, 2, 1, rows=rows)
         want = brute_force(x, offset, item, 2, 1)[0]
         assert [(value[0, j], row[0, j], token[0, j]) for j in range(2)] == want

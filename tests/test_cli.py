@@ -94,7 +94,9 @@ def test_without_rich_the_command_says_how_to_install_it(monkeypatch, capsys):
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "rich" else real(name, *a))
     assert main(["--help"]) == 2
-    assert "pip install 'npdecode[cli]'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pip install rich" in err and "python -m pip install '.[cli]'" in err
+    assert "npdecode[" not in err  # npdecode is installed from a clone, not from an index
 
 
 @pytest.mark.parametrize("argv, flag", [(["demo", "--seed", "-1"], "--seed"),
@@ -106,7 +108,7 @@ def test_a_bad_option_value_is_refused_naming_the_flag(argv, flag, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2
-    assert f"argument {flag}: must be at least" in capsys.readouterr().err
+    assert f"argument {flag}: must be >= " in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("prompt", ["3,,4", "3,", ","])
@@ -118,8 +120,7 @@ def test_a_prompt_with_an_empty_entry_is_refused(prompt, capsys):
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--beam-width", "0"], "--beam-width must be >= 1"),
-    (["--eos", "1000"], "--eos 1000 is outside [0, 1000) (the vocabulary is set by --vocab-size)"),
+    (["--eos", "1000"], "--eos 1000 is outside [0, 1000) (--vocab-size 1000)"),
     (["--max-new-tokens", "100000000"], "lower --max-new-tokens, --beam-width"),
     (["--d-model", "99999999999999999999"], "GiB and this machine has"),
 ])
@@ -204,16 +205,24 @@ def test_a_prompt_takes_ascii_decimal_ids_only(prompt, capsys):
     assert "decimal digits" in capsys.readouterr().err
 
 
+def test_beam_settings_are_checked_before_their_memory(capsys):
+    argv = ["beam", "--prompt", "3", "--prompt", "5000", "--beam-width", "100000000"]
+    assert main(argv) == 2
+    assert "token 5000 is not a valid id" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, says", [
-    # each setting is checked before the memory these sizes would need is estimated
-    (["--beam-width", "0", "--max-new-tokens", "100000000000"], "--beam-width must be >= 1"),
-    (["--prompt", "5000", "--beam-width", "100000000"], "token 5000 is not a valid id"),
+    # refused by the parser, before the memory these sizes would need is estimated
+    (["--beam-width", "0", "--max-new-tokens", "100000000000"],
+     "argument --beam-width: must be >= 1, got 0"),
     (["--no-repeat-ngram-size", "-1", "--max-new-tokens", "100000000000"],
-     "--no-repeat-ngram-size must be >= 0"),
+     "argument --no-repeat-ngram-size: must be >= 0, got -1"),
+    (["--max-new-tokens", "-1"], "argument --max-new-tokens: must be >= 0, got -1"),
 ])
-def test_beam_settings_are_checked_before_their_memory(argv, says, capsys):
-    assert main(["beam", "--prompt", "3"] + argv) == 2
-    assert says in capsys.readouterr().err
+def test_beam_sizes_below_their_minimum_are_refused_by_the_parser(argv, says, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["beam", "--prompt", "3"] + argv)
+    assert exit_.value.code == 2 and says in capsys.readouterr().err
 
 
 def test_a_one_token_vocabulary_with_huge_sizes_is_refused_at_once(capsys):
@@ -249,3 +258,241 @@ def test_train_refuses_a_minibatch_that_cannot_fit_in_memory_before_training(tmp
     captured = capsys.readouterr()
     assert "GiB and this machine has" in captured.err and "--batch-size" in captured.err
     assert "training" not in captured.out and not (tmp_path / "m.npz").exists()
+
+
+# --- installing the optional extras ---------------------------------------------------------
+
+@pytest.mark.parametrize("module, loader, function, argument", [
+    ("safetensors", "npdecode.models.gpt2", "load_safetensors", "model.safetensors"),
+    ("tokenizers", "npdecode.models.tokenizer", "load_tokenizer", "."),
+])
+def test_a_missing_extra_says_how_to_install_it_without_a_package_index(
+        module, loader, function, argument, monkeypatch):
+    import importlib
+    import sys
+
+    load = getattr(importlib.import_module(loader), function)
+    monkeypatch.setitem(sys.modules, module, None)  # now 'import module' fails
+    with pytest.raises(ImportError) as err:
+        load(argument)
+    msg = str(err.value)
+    assert f"pip install {module}" in msg and "python -m pip install '.[hf]'" in msg
+    assert "npdecode[" not in msg
+
+
+# --- train: divergence, progress, output paths ----------------------------------------------
+
+def test_train_refuses_to_write_weights_when_the_loss_diverges(tmp_path, capsys):
+    out = tmp_path / "z.npz"
+    assert main(["train", "--lr", "1e6", "--steps", "5", "--no-progress", "-o", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("npdecode train: error: training diverged")
+    assert "lower --lr" in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert "Warning" not in captured.err and "wrote" not in captured.out
+    assert "above" not in captured.out and not out.exists()
+
+
+def test_train_refuses_to_write_weights_when_the_validation_loss_is_not_finite(
+        tmp_path, monkeypatch, capsys):
+    from npdecode.cli import train as train_cli
+    from npdecode.models.chargpt import CharGPT
+    from npdecode.train import TrainResult
+
+    model = CharGPT.load(_save_chargpt(tmp_path / "m.npz"))
+    monkeypatch.setattr(train_cli, "train",
+                        lambda *args, **kwargs: TrainResult(model, float("nan"), [3.0]))
+    assert main(["train", "--steps", "1", "--no-progress", "-o", str(tmp_path / "v.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "training diverged (the validation loss is nan)" in err and "--lr" in err
+    assert not (tmp_path / "v.npz").exists()
+
+
+def test_train_prints_a_progress_line_every_tenth_of_the_steps_when_not_on_a_terminal(
+        tmp_path, capsys):
+    # capsys's stdout is not a terminal, as a pipe or a log file is not
+    assert main(["train", "--model", "draft", "--steps", "20", "-o",
+                 str(tmp_path / "p.npz")]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == [f"step {s}/20" for s in range(2, 21, 2)]
+    assert all(re.search(r": loss \d+\.\d{3}, \d+ s elapsed", line) for line in lines)
+    assert lines[-1].endswith("computing the validation loss")
+
+
+def test_train_no_progress_prints_no_progress_lines(tmp_path, capsys):
+    assert main(["train", "--model", "draft", "--steps", "3", "--no-progress", "-o",
+                 str(tmp_path / "q.npz")]) == 0
+    assert "step " not in capsys.readouterr().out
+
+
+def test_train_output_that_is_a_directory_is_named_as_such_without_overwrite(tmp_path, capsys):
+    (tmp_path / "d.npz").mkdir()
+    assert main(["train", "-o", str(tmp_path / "d.npz"), "--steps", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--output {tmp_path / 'd.npz'} is a directory" in err and "--overwrite" not in err
+
+
+def test_train_refuses_an_empty_output_path(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "-o", "", "--steps", "1"])
+    assert exit_.value.code == 2
+    assert "argument --output/-o: the path is empty" in capsys.readouterr().err
+
+
+# --- one style of error for every integer option ---------------------------------------------
+
+@pytest.mark.parametrize("argv", [
+    ["beam", "--prompt", "1", "--beam-width"], ["beam", "--prompt", "1", "--max-new-tokens"],
+    ["beam", "--prompt", "1", "--eos"], ["beam", "--prompt", "1", "--no-repeat-ngram-size"],
+    ["beam", "--prompt", "1", "--vocab-size"], ["beam", "--prompt", "1", "--seed"],
+    ["train", "--steps"], ["train", "--batch-size"], ["train", "--d-model"], ["train", "--heads"],
+    ["train", "--layers"], ["train", "--d-ff"], ["train", "--context"], ["train", "--seed"],
+    ["compare", "--repeats"], ["demo", "--seed"],
+])
+def test_every_integer_option_refuses_a_non_integer_in_the_same_words(argv, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv + ["2.5"])
+    assert exit_.value.code == 2
+    assert f"argument {argv[-1]}: expected an integer, got '2.5'" in capsys.readouterr().err
+
+
+def test_a_token_outside_the_vocabulary_names_its_size_once(capsys):
+    assert main(["beam", "--prompt", "3,1000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("ids must be integers in [0, 1000) (--vocab-size 1000)")
+    assert "(vocab size" not in err and "the vocabulary is set by" not in err
+
+
+# --- beam: help and output ------------------------------------------------------------------
+
+def _help(command, monkeypatch, capsys, columns=100):
+    monkeypatch.setenv("COLUMNS", str(columns))
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return capsys.readouterr().out
+
+
+def test_beam_help_explains_the_prompt_dtype_alpha_and_the_output_columns(monkeypatch, capsys):
+    text = " ".join(_help("beam", monkeypatch, capsys).split())
+    assert "--prompt IDS required: comma-separated token ids, each in [0, --vocab-size)" in text
+    assert "repeat the option for a batch" in text
+    assert "--float32 run the model in float32 (default: float64)" in text
+    assert "any finite number: score = logprob / len**alpha" in text
+    assert "a larger alpha favours longer hypotheses" in text
+    for column in ("rank", "tokens", "score", "logprob", "finished"):
+        assert re.search(rf"\b{column} [a-z']", text), column
+    assert "'no*' when it stopped before --max-new-tokens" in text
+
+
+def test_beam_help_example_pastes_into_a_shell_and_runs(monkeypatch, capsys):
+    import shlex
+
+    out = _help("beam", monkeypatch, capsys, columns=60)
+    example = out[out.index("example:"):].splitlines()[1:]
+    argv = shlex.split("\n".join(example).replace("\\\n", ""))  # as a shell joins lines
+    assert argv[:2] == ["npdecode", "beam"] and "--eos" in argv
+    assert main(argv[1:]) == 0
+
+
+def test_beam_marks_hypotheses_that_stopped_because_every_token_was_banned(capsys):
+    # ten tokens, none may repeat: every hypothesis stops after nine, before the limit of 12
+    want = batched_beam_search(TinyLM(10, 8, seed=0), [[1]], beam_width=2, max_new_tokens=12,
+                               alpha=0.6, no_repeat_ngram_size=1)[0]
+    assert all(not h.finished and len(h.tokens) < 12 for h in want)
+    assert main(["beam", "--prompt", "1", "--vocab-size", "10", "--d-model", "8",
+                 "--no-repeat-ngram-size", "1", "--max-new-tokens", "12",
+                 "--beam-width", "2"]) == 0
+    out = capsys.readouterr().out
+    assert len(re.findall(r"│\s+no\* +│", out)) == 2
+    assert ("no*: stopped before --max-new-tokens 12 without finishing, because every next "
+            "token would have repeated an n-gram (--no-repeat-ngram-size 1)") in " ".join(
+                out.split())
+
+
+def test_beam_marks_nothing_when_every_hypothesis_ran_to_the_limit(capsys):
+    assert main(["beam", "--prompt", "3,14", "--max-new-tokens", "4", "--d-model", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "no*" not in out and len(re.findall(r"│\s+no +│", out)) == 4
+
+
+# --- compare: models, help, output ----------------------------------------------------------
+
+def _shipped(name):
+    from importlib import resources
+
+    return str(resources.files("npdecode").joinpath("weights", f"{name}.npz"))
+
+
+def _save_chargpt(path, **config):
+    import numpy as np
+
+    from npdecode.models.chargpt import CharGPT, CharGPTConfig
+    from npdecode.train import init_params
+
+    c = CharGPTConfig(d_model=8, n_layers=1, n_heads=2, d_ff=8, **config)
+    CharGPT(c, init_params(c, np.random.default_rng(0))).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("option, other", [("--draft", "target"), ("--target", "draft")])
+def test_compare_takes_one_model_file_and_the_shipped_model_for_the_other(option, other,
+                                                                          capsys):
+    assert main(["compare", option, _shipped("draft"), "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"{option[2:]}:".ljust(8) + _shipped("draft") in out
+    assert f"{other}:".ljust(8) + f"the shipped {other} model" in out
+
+
+def test_compare_refuses_a_model_with_another_vocabulary(tmp_path, capsys):
+    path = _save_chargpt(tmp_path / "v30.npz", vocab_size=30)
+    assert main(["compare", "--draft", path]) == 2
+    err = capsys.readouterr().err
+    assert f"--draft {path} has a vocabulary of 30 tokens" in err and "'.' and a-z" in err
+
+
+def test_compare_speaks_of_one_token_in_the_singular(tmp_path, capsys):
+    path = _save_chargpt(tmp_path / "c1.npz", max_context=1)
+    assert main(["compare", "--target", path, "--draft", path]) == 2
+    err = capsys.readouterr().err
+    assert "context of 1 token;" in err and "1 tokens" not in err
+
+
+def test_compare_help_says_target_and_draft_each_default_to_the_shipped_model(monkeypatch,
+                                                                             capsys):
+    text = " ".join(_help("compare", monkeypatch, capsys).split())
+    assert "default: the shipped target (with or without --draft)" in text
+    assert "default: the shipped draft (with or without --target)" in text
+    assert "instead of the shipped one" not in text
+    assert "top-k and top-p sample at temperature 1" in text and "same seed" in text
+
+
+@pytest.mark.parametrize("command", ["compare", "train", "beam"])
+def test_descriptions_wrap_to_the_terminal_keeping_their_paragraphs(command, monkeypatch,
+                                                                    capsys):
+    import argparse
+
+    from npdecode.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    description = sub.choices[command].description
+    out = _help(command, monkeypatch, capsys, columns=60)
+    prose = [line for line in out.splitlines() if line and not line.startswith(" ")]
+    assert max(len(line) for line in prose) <= 58  # argparse's width: COLUMNS - 2
+    assert out.count("\n\n") >= description.count("\n\n") + 2  # + options, + epilog
+    assert " ".join(description.split()) in " ".join(out.split())
+
+
+def test_compare_output_reads_well_at_80_columns(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["compare", "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 80
+    words = [line.split() for line in lines if re.search("[a-z]", line)]
+    assert all(len(w) > 1 for w in words), [w for w in words if len(w) == 1]
+
+
+def test_compare_says_why_sampling_rows_can_be_identical(capsys):
+    assert main(["compare", "--repeats", "1"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert ("The sampling rows give a prefix the same seed and one uniform draw per character, "
+            "and top-k and top-p sample at temperature 1, so they often pick the same name."
+            ) in text

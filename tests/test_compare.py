@@ -51,7 +51,7 @@ def test_compare_prints_every_strategy_and_consistent_counts(small_models, capsy
     text = capsys.readouterr().out
     for name in compare.strategies():
         assert text.count(name) >= 3   # two prefixes in table 1, once in table 2 (3 with 3)
-    assert "Diversity over 20 prefixes" in text and "Speculative sampling" in text
+    assert "Diversity over 20 prefixes" in text and "Speculative against plain sampling" in text
     # Greedy makes one call per token (a prefill, then one extend per further token).
     greedy_rows = re.findall(r"│ greedy\s*│[^│]*│\s*(-?[\d.]+)\s*│\s*([\d.]+)\s*│",
                              text)
@@ -85,7 +85,7 @@ def test_bad_input_is_refused(small_models, argv, match):
 def test_bad_numbers_are_refused_by_the_parser_naming_the_flag(argv, capsys):
     with pytest.raises(SystemExit):
         parse(argv)
-    assert f"argument {argv[0]}: must be at least" in capsys.readouterr().err
+    assert f"argument {argv[0]}: must be >= " in capsys.readouterr().err
 
 
 def test_a_draft_with_a_shorter_context_than_the_target_is_refused(small_models, tmp_path):
@@ -94,12 +94,6 @@ def test_a_draft_with_a_shorter_context_than_the_target_is_refused(small_models,
     chargpt.CharGPT.init(short, seed=3).save(tmp_path / "short.npz")
     args = parse(["--target", str(target), "--draft", str(tmp_path / "short.npz")])
     with pytest.raises(ValueError, match=r"the draft's context \(4 tokens\) is shorter"):
-        args.func(args)
-
-
-def test_target_and_draft_files_go_together(small_models):
-    args = parse(["--target", str(small_models[0])])
-    with pytest.raises(ValueError, match="both --target and --draft"):
         args.func(args)
 
 
@@ -128,7 +122,8 @@ def test_compare_says_which_models_it_ran(small_models, capsys):
                   "--prefixes", "", "jo"])
     assert args.func(args) == 0
     text = capsys.readouterr().out
+    words = " ".join(text.split())  # however the lines wrap
     t, d = chargpt.CharGPT.load(target), chargpt.CharGPT.load(draft)
-    assert f"target: {target} ({t.num_params:,} parameters, context {t.max_context}); " \
-           f"draft: {draft} ({d.num_params:,} parameters)" in text
+    assert f"target: {target} ({t.num_params:,} parameters, context {t.max_context})" in words
+    assert f"draft: {draft} ({d.num_params:,} parameters, context {d.max_context})" in words
     assert "(empty)" in text  # an empty prefix is shown as such, not as a blank cell

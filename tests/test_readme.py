@@ -24,3 +24,20 @@ def test_each_readme_example_runs_alone(index, capsys):
         assert promised, "the name example says which names it prints"
     for names in promised:
         assert str([n.strip() for n in names.split(",")]) in out
+
+
+def test_the_readme_installs_the_extras_from_a_clone():
+    # npdecode is installed from a clone; 'pip install "npdecode[hf]"' would ask a package index
+    assert "npdecode[" not in README and 'python -m pip install ".[hf]"' in README
+
+
+def test_the_readmes_compare_output_is_the_commands_own(monkeypatch, capsys):
+    from npdecode.cli import main
+
+    shown = re.search(r"Its output\n\(`npdecode compare`.*?\n```\n(.*?)```", README, re.S)
+    assert shown, "the README shows the output of npdecode compare"
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["compare"]) == 0
+    real = "\n".join(line.rstrip() for line in capsys.readouterr().out.splitlines()) + "\n"
+    timing = re.compile(r"(wall time.*?│|wall-time ratio.*?│)\s+[\d.]+( ms)? │")
+    assert timing.sub(r"\1", shown.group(1)) == timing.sub(r"\1", real)  # times vary by run

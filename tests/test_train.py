@@ -205,7 +205,6 @@ def run_cli(*argv: str) -> int:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--steps", "0"], "--steps"),
     (["--lr", "-1"], "--lr"),
     (["--weight-decay", "-0.1"], "--weight-decay"),
     (["--d-model", "30", "--heads", "4"], "--heads"),
@@ -216,6 +215,13 @@ def test_cli_refuses_bad_options(argv, message, tmp_path):
         argv = [*argv, "--output", str(tmp_path / "m.npz")]
     with pytest.raises(ValueError, match=message):
         run_cli(*argv)
+
+
+@pytest.mark.parametrize("option", ["--steps", "--batch-size"])
+def test_cli_parser_refuses_counts_below_one(option, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(option, "0")
+    assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_cli_trains_and_writes_a_loadable_model(tmp_path, capsys):

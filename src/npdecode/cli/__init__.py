@@ -11,6 +11,7 @@ import re
 import sys
 
 import npdecode
+from npdecode.cli.options import ParagraphFormatter
 
 # Subcommand modules, in the order ``--help`` lists them.
 SUBCOMMANDS = ["beam", "demo", "compare", "train"]
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     # No abbreviations: '--beam 3' is an error, not a silent '--beam-width 3'.
     sub = parser.add_subparsers(
         dest="command", metavar="<command>", required=True,
-        parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
+        parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False,
+                                       formatter_class=ParagraphFormatter))
     for name in SUBCOMMANDS:
         importlib.import_module(f"npdecode.cli.{name}").register(sub)
     parser.set_defaults(commands=sub.choices)
@@ -54,7 +56,8 @@ def attach_negative_values(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     if importlib.util.find_spec("rich") is None:
         print("npdecode: the command line needs the 'rich' package for its tables and progress "
-              "bars; install it with: pip install 'npdecode[cli]'", file=sys.stderr)
+              "bars; install it with: pip install rich (or, in a clone of npdecode: python -m "
+              "pip install '.[cli]')", file=sys.stderr)
         return 2
     argv = attach_negative_values(sys.argv[1:] if argv is None else list(argv))
     args, extra = build_parser().parse_known_args(argv)

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from npdecode.cli.render import at_least, check_fits, console, hypotheses_table
+from npdecode.cli.options import at_least, integer
+from npdecode.cli.render import check_fits, console, hypotheses_table, stopped_early
 from npdecode.models.tinylm import TinyLM
 from npdecode.search.beam import batched_beam_search, count_hypotheses
 from npdecode.search.validate import check_int, check_length_penalty, check_request
@@ -59,6 +60,21 @@ def check_memory(args: argparse.Namespace) -> None:
 SIZE_OPTIONS = "--max-new-tokens, --beam-width, --vocab-size or --d-model"
 
 
+EPILOG = """\
+output: a table per prompt, best hypothesis first, with the columns
+  rank      place by score
+  tokens    the generated token ids (the prompt not included; the EOS included when finished)
+  score     logprob / len**alpha, len counting the generated tokens
+  logprob   the summed log-probability of the generated tokens under the model
+  finished  'yes' when the hypothesis ends with the --eos token; 'no*' when it stopped
+            before --max-new-tokens without finishing: every next token would have
+            repeated an n-gram (--no-repeat-ngram-size)
+
+example:
+  npdecode beam --prompt 3,14,159 --prompt 11,22,33 --beam-width 4 \\
+      --max-new-tokens 12 --alpha 0.6 --eos 0"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "beam", help="batched beam search on TinyLM, printing each prompt's hypotheses",
@@ -66,19 +82,22 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "competing for their place, the length penalty counts generated tokens "
                     "only) on TinyLM, a random-weight seed model rebuilt exactly from its "
                     "seed, and print each prompt's hypotheses best first.",
-        epilog="example: npdecode beam --prompt 3,14,159 --prompt 11,22,33 --beam-width 4 "
-               "--max-new-tokens 12 --alpha 0.6 --eos 0")
+        epilog=EPILOG)
     p.add_argument("--prompt", action="append", type=token_list, required=True,
-                   metavar="IDS", help="comma-separated token ids; repeat for a batch")
-    p.add_argument("--beam-width", type=int, default=4, metavar="K",
+                   metavar="IDS",
+                   help="required: comma-separated token ids, each in [0, --vocab-size), "
+                        "e.g. 3,14,159; repeat the option for a batch of prompts")
+    p.add_argument("--beam-width", type=at_least(1), default=4, metavar="K",
                    help="hypotheses kept per prompt (default 4)")
-    p.add_argument("--max-new-tokens", type=int, default=12, metavar="T",
+    p.add_argument("--max-new-tokens", type=at_least(0), default=12, metavar="T",
                    help="longest generation (default 12)")
     p.add_argument("--alpha", type=float, default=0.6,
-                   help="length penalty: score = logprob / len**alpha (default 0.6)")
-    p.add_argument("--eos", type=int, default=None, metavar="ID",
-                   help="end-of-sequence token id (default: none)")
-    p.add_argument("--no-repeat-ngram-size", type=int, default=0, metavar="N",
+                   help="length penalty, any finite number: score = logprob / len**alpha; a "
+                        "larger alpha favours longer hypotheses, 0 ranks by logprob alone "
+                        "(default 0.6)")
+    p.add_argument("--eos", type=integer, default=None, metavar="ID",
+                   help="end-of-sequence token id, in [0, --vocab-size) (default: none)")
+    p.add_argument("--no-repeat-ngram-size", type=at_least(0), default=0, metavar="N",
                    help="never repeat an n-gram of prompt + generation (default 0: off)")
     p.add_argument("--vocab-size", type=at_least(1), default=1000, metavar="V",
                    help="TinyLM vocabulary (default 1000)")
@@ -86,7 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="TinyLM width (default 64)")
     p.add_argument("--seed", type=at_least(0), default=0, metavar="S",
                    help="TinyLM weight seed (default 0)")
-    p.add_argument("--float32", action="store_true", help="run the model in float32")
+    p.add_argument("--float32", action="store_true",
+                   help="run the model in float32 (default: float64)")
     p.set_defaults(func=run, size_options=SIZE_OPTIONS)
 
 
@@ -106,16 +126,28 @@ def run(args: argparse.Namespace) -> int:
                                           eos_token_id=args.eos,
                                           no_repeat_ngram_size=args.no_repeat_ngram_size)
     except ValueError as err:  # phrased with this command's option names
-        msg = str(err)
-        for name, option in OPTIONS.items():
-            msg = msg.replace(name, option)
-        if "vocab size" in msg or "outside [0," in msg:
-            msg += " (the vocabulary is set by --vocab-size)"
-        raise ValueError(msg) from None
+        raise ValueError(_with_options(str(err), args.vocab_size)) from None
     dtype = "float32" if args.float32 else "float64"
     out.print(f"TinyLM(vocab_size={args.vocab_size}, d_model={args.d_model}, seed={args.seed}, "
               f"{dtype}); beam width {args.beam_width}, alpha {args.alpha}, "
               f"eos {args.eos if args.eos is not None else 'none'}", soft_wrap=True)
     for b, (prompt, hyps) in enumerate(zip(args.prompt, results)):
-        out.print(hypotheses_table(f"prompt {b}: {','.join(map(str, prompt))}", hyps))
+        out.print(hypotheses_table(f"prompt {b}: {','.join(map(str, prompt))}", hyps,
+                                   max_new_tokens=args.max_new_tokens))
+    if any(stopped_early(hyps, args.max_new_tokens) for hyps in results):
+        out.print(f"no*: stopped before --max-new-tokens {args.max_new_tokens} without "
+                  f"finishing, because every next token would have repeated an n-gram "
+                  f"(--no-repeat-ngram-size {args.no_repeat_ngram_size})")
     return 0
+
+
+def _with_options(msg: str, vocab_size: int) -> str:
+    """A library error phrased with this command's option names."""
+    for name, option in OPTIONS.items():
+        msg = msg.replace(name, option)
+    vocab = f"(vocab size {vocab_size})"
+    if vocab in msg:
+        return msg.replace(vocab, f"(--vocab-size {vocab_size})")
+    if "outside [0," in msg:
+        return msg + f" (--vocab-size {vocab_size})"
+    return msg

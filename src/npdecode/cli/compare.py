@@ -10,8 +10,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from npdecode.cli.render import at_least
-from npdecode.models.chars import EOS, decode, encode
+from npdecode.cli.options import at_least
+from npdecode.models.chars import EOS, VOCAB_SIZE, decode, encode
 from npdecode.search.beam import batched_beam_search
 from npdecode.search.sampling import greedy, sample
 from npdecode.search.speculative import speculative_sample
@@ -26,7 +26,15 @@ of the generated characters and the generated tokens per target-model call (the 
 prefill counts as a call); a diversity table over 20 prefixes (distinct continuations, mean
 length, mean log-probability); and speculative-decoding statistics, with its wall time measured
 against plain sampling at the same temperature (each prefix decoded alone, same seeds,
-median of --repeats runs). A name ends with '.', which counts as a generated token."""
+median of --repeats runs). A name ends with '.', which counts as a generated token.
+
+The three sampling strategies give prefix i the same seed, so they draw the same random
+numbers, and top-k and top-p sample at temperature 1: where their filters change the
+distribution little they pick the same characters, and rows with the same name and
+log-probability are expected.
+
+--target and --draft each replace one shipped model by a CharGPT .npz written by 'npdecode
+train'; the other stays the shipped one. Both must use the name vocabulary ('.' and a-z)."""
 
 EPILOG = """\
 examples:
@@ -150,33 +158,44 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
 
 
 def load_models(args: argparse.Namespace):
-    """The target and draft: given .npz files, or the shipped ones."""
+    """The target and draft: each a given .npz file, or the shipped one."""
     from npdecode.models.chargpt import CharGPT
-    if args.target or args.draft:
-        if not (args.target and args.draft):
-            raise ValueError("give both --target and --draft, or neither (the shipped models)")
-        return CharGPT.load(args.target), CharGPT.load(args.draft)
     from npdecode.models.pretrained import load_draft, load_target
-    return load_target(), load_draft()
+    target = CharGPT.load(args.target) if args.target else load_target()
+    draft = CharGPT.load(args.draft) if args.draft else load_draft()
+    for option, path, model in (("--target", args.target, target),
+                                ("--draft", args.draft, draft)):
+        if model.vocab_size != VOCAB_SIZE:  # the shipped models' and the names' vocabulary
+            raise ValueError(f"{option} {path} has a vocabulary of {model.vocab_size} tokens; "
+                             f"compare decodes names, which need the {VOCAB_SIZE} tokens "
+                             f"'.' and a-z")
+    return target, draft
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``compare`` subcommand."""
     p = subparsers.add_parser(
         "compare", help="compare decoding strategies on the trained name model",
-        description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--prefixes", nargs=2, default=["em", "jo"], metavar="PREFIX",
                    help="two name prefixes (lowercase a-z) for the first table; default: em jo")
     p.add_argument("--seed", type=at_least(0), default=0, metavar="N",
-                   help="seed of prefix i is N + i, for every sampling strategy; default: 0")
+                   help="seed of prefix i is N + i, the same for every sampling strategy; "
+                        "default: 0")
     p.add_argument("--repeats", type=at_least(1), default=3, metavar="N",
                    help="timing runs; the median is reported; default: 3")
     p.add_argument("--target", type=Path, metavar="PATH",
-                   help="a CharGPT .npz to use as the target instead of the shipped one")
+                   help="a CharGPT .npz to use as the target model; default: the shipped "
+                        "target (with or without --draft)")
     p.add_argument("--draft", type=Path, metavar="PATH",
-                   help="a CharGPT .npz to use as the draft instead of the shipped one")
+                   help="a CharGPT .npz to use as the draft model; default: the shipped draft "
+                        "(with or without --target)")
     p.set_defaults(func=run)
+
+
+def tokens(n: int) -> str:
+    """'1 token', '16 tokens'."""
+    return f"{n} token{'' if n == 1 else 's'}"
 
 
 def prefix_table(Table, target, draft, prefixes: Sequence[str], seed: int):
@@ -197,6 +216,12 @@ def prefix_table(Table, target, draft, prefixes: Sequence[str], seed: int):
                           f"{len(out.tokens) / counted.calls:.2f}")
         table.add_section()
     return table
+
+
+# Printed under the first table: identical sampling rows there are expected.
+SHARED_SEEDS = ("The sampling rows give a prefix the same seed and one uniform draw per "
+                "character, and top-k and top-p sample at temperature 1, so they often pick "
+                "the same name.")
 
 
 def diversity_table(Table, target, draft, prefixes: Sequence[str], seed: int):
@@ -233,11 +258,7 @@ def speculative_table(Table, target, draft, prefixes: Sequence[str], seed: int, 
     t_spec = timed(lambda: each_alone(run_speculative, target, draft, prompts, seeds), repeats)
     t_plain = timed(lambda: each_alone(plain_sampling, target, draft, prompts, seeds), repeats)
 
-    table = Table(title=f"Speculative sampling ({NUM_DRAFTS} drafts, temperature 1) against "
-                        f"plain sampling; {len(prompts)} prefixes, each decoded alone",
-                  caption="A ratio above 1 means speculative sampling is slower: each proposed "
-                          "token costs a draft call, and on models this small a call's fixed "
-                          "cost is a large part of its time.")
+    table = Table(title="Speculative against plain sampling")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("draft tokens proposed", str(proposed))
@@ -252,38 +273,50 @@ def speculative_table(Table, target, draft, prefixes: Sequence[str], seed: int, 
     return table
 
 
+def speculative_note(num_prefixes: int) -> str:
+    """Printed under table 3: its settings, and how to read the wall-time ratio."""
+    return (f"Both at temperature 1, {NUM_DRAFTS} draft tokens per round, {num_prefixes} "
+            f"prefixes each decoded alone. A ratio above 1 means speculative sampling is "
+            f"slower: each proposed token costs a draft call, and on models this small a "
+            f"call's fixed cost is a large part of its time.")
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the three comparison tables."""
     try:
         from rich.console import Console
         from rich.table import Table
     except ImportError:
-        raise ValueError("compare prints rich tables; install rich (pip install 'npdecode[cli]')")
+        raise ValueError("compare prints rich tables; install rich (pip install rich)")
     for prefix in args.prefixes:
         encode(prefix)  # ValueError naming a character outside a-z
     target, draft = load_models(args)
     if draft.max_context < target.max_context:
-        raise ValueError(f"the draft's context ({draft.max_context} tokens) is shorter than the "
-                         f"target's ({target.max_context}): speculative decoding runs the draft "
-                         f"as far as the target; give a --draft with a context of at least "
-                         f"{target.max_context}")
+        raise ValueError(f"the draft's context ({tokens(draft.max_context)}) is shorter than "
+                         f"the target's ({target.max_context}): speculative decoding runs the "
+                         f"draft as far as the target; give a --draft with a context of at "
+                         f"least {target.max_context}")
     for prefix in args.prefixes:
         if budget(target, [encode(prefix)]) < 1:
             raise ValueError(f"prefix {prefix!r} fills the model's context of "
-                             f"{target.max_context} tokens; give a shorter one")
+                             f"{tokens(target.max_context)}; give a shorter one")
     longest = max(DIVERSITY_PREFIXES, key=len)
     if budget(target, [encode(longest)]) < 1:
-        raise ValueError(f"the target's context of {target.max_context} tokens leaves no room "
-                         f"to generate after the prefix {longest!r} of the diversity table "
-                         f"({len(encode(longest))} tokens with the start token); give a "
+        raise ValueError(f"the target's context of {tokens(target.max_context)} leaves no "
+                         f"room to generate after the prefix {longest!r} of the diversity "
+                         f"table ({tokens(len(encode(longest)))} with the start token); give a "
                          f"--target with a context of at least {len(encode(longest)) + 1}")
     console = Console()
     console.print(f"target: {args.target or 'the shipped target model'} "
-                  f"({target.num_params:,} parameters, context {target.max_context}); "
-                  f"draft: {args.draft or 'the shipped draft model'} "
-                  f"({draft.num_params:,} parameters)", soft_wrap=True)
+                  f"({target.num_params:,} parameters, context {target.max_context})")
+    console.print(f"draft:  {args.draft or 'the shipped draft model'} "
+                  f"({draft.num_params:,} parameters, context {draft.max_context})")
     console.print(prefix_table(Table, target, draft, args.prefixes, args.seed))
+    console.print(SHARED_SEEDS)
+    console.print()
     console.print(diversity_table(Table, target, draft, DIVERSITY_PREFIXES, args.seed))
+    console.print()
     console.print(speculative_table(Table, target, draft, DIVERSITY_PREFIXES, args.seed,
                                     args.repeats))
+    console.print(speculative_note(len(DIVERSITY_PREFIXES)))
     return 0

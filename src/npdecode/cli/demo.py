@@ -8,7 +8,8 @@ import numpy as np
 from rich.console import Console
 from rich.rule import Rule
 
-from npdecode.cli.render import at_least, console, hypotheses_table
+from npdecode.cli.options import at_least
+from npdecode.cli.render import console, hypotheses_table
 from npdecode.models.chars import EOS as NAME_END, decode, encode
 from npdecode.models.pretrained import load_target
 from npdecode.models.scripted import ScriptedLM

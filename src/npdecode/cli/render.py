@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from typing import Callable, Sequence
 
@@ -10,19 +9,6 @@ from rich.console import Console
 from rich.table import Table
 
 from npdecode.search.beam import Hypothesis
-
-
-def at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: an integer >= ``minimum`` (argparse names the flag in its error)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-    return parse
 
 
 def check_fits(need: int, lower: str) -> None:
@@ -42,8 +28,13 @@ def console() -> Console:
 
 
 def hypotheses_table(title: str, hyps: Sequence[Hypothesis],
-                     decode: Callable[[list[int]], str] | None = None) -> Table:
-    """One batch item's hypotheses, best first: rank, tokens, score, logprob, finished."""
+                     decode: Callable[[list[int]], str] | None = None, *,
+                     max_new_tokens: int | None = None) -> Table:
+    """One batch item's hypotheses, best first: rank, tokens, score, logprob, finished.
+
+    Given ``max_new_tokens``, a hypothesis that stopped before it without finishing (the
+    search does so when every next token is banned) is marked 'no*' (see ``stopped_early``).
+    """
     table = Table(title=title, title_justify="left")
     table.add_column("rank", justify="right")
     table.add_column("tokens")
@@ -56,6 +47,13 @@ def hypotheses_table(title: str, hyps: Sequence[Hypothesis],
         row = [str(rank), " ".join(map(str, h.tokens)) or "(none)"]
         if decode is not None:
             row.append(decode(h.tokens))
-        row += [f"{h.score:.4f}", f"{h.logprob:.4f}", "yes" if h.finished else "no"]
+        early = max_new_tokens is not None and stopped_early([h], max_new_tokens)
+        row += [f"{h.score:.4f}", f"{h.logprob:.4f}",
+                "yes" if h.finished else "no*" if early else "no"]
         table.add_row(*row)
     return table
+
+
+def stopped_early(hyps: Sequence[Hypothesis], max_new_tokens: int) -> bool:
+    """Whether any hypothesis is unfinished with fewer than ``max_new_tokens`` tokens."""
+    return any(not h.finished and len(h.tokens) < max_new_tokens for h in hyps)

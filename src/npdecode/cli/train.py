@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import math
 import time
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from npdecode.cli.render import at_least, check_fits
+from npdecode.cli.options import at_least, integer
+from npdecode.cli.render import check_fits
 from npdecode.models.chargpt import CharGPTConfig
 from npdecode.train import RECIPES, TrainResult, bigram_loss, load_names, split_names, train
 
@@ -26,9 +28,9 @@ next to a count-based bigram baseline (add-one smoothing) fit on the same traini
 
 --model picks a recipe: 'target' or 'draft', the two models shipped in npdecode/weights.
 A recipe is a model size plus its training settings (steps, batch size, learning rate,
-weight decay).
-Every recipe setting can be overridden; with the defaults (--seed 0, --split-seed 0) the
-command reruns the training of the shipped weights."""
+weight decay). Every recipe setting can be overridden; with the defaults (--seed 0,
+--split-seed 0) the command reruns the training of the shipped weights."""
+
 
 def _recipes_text() -> str:
     """The recipes' settings: what the options default to for each --model."""
@@ -44,8 +46,13 @@ def _recipes_text() -> str:
 
 EPILOG = _recipes_text() + """
 
-A recipe's full run takes minutes (the target about 2 on an idle core, more under load); a
-progress bar shows the step, the loss and the time left.
+A recipe's full run takes minutes (the target about 2 on an idle core, more under load). On
+a terminal a progress bar shows the step, the loss and the time left; when the output goes to
+a pipe or a file, a line every 10% of the steps gives the step, the loss and the time so far.
+The loss shown is a moving average of the minibatch losses.
+
+If the loss becomes NaN or infinite (training diverged, usually from too high a --lr), the
+command stops and writes no weights.
 
 examples:
   npdecode train --model draft --output draft.npz
@@ -57,17 +64,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` subcommand."""
     p = subparsers.add_parser(
         "train", help="retrain a character-level CharGPT on the bundled names",
-        description=DESCRIPTION, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--model", choices=sorted(RECIPES), default="target",
                    help="recipe to start from (size, steps, batch size, learning rate); "
                         "default: target")
-    p.add_argument("--output", "-o", type=Path, default=None, metavar="PATH",
+    p.add_argument("--output", "-o", type=output_path, default=None, metavar="PATH",
                    help="where to write the weights (.npz); default: ./<model>.npz")
     p.add_argument("--overwrite", action="store_true",
                    help="replace PATH if it exists (otherwise an existing file is an error)")
-    p.add_argument("--steps", type=int, metavar="N", help="optimisation steps")
-    p.add_argument("--batch-size", type=int, metavar="N", help="names per minibatch")
+    p.add_argument("--steps", type=at_least(1), metavar="N", help="optimisation steps")
+    p.add_argument("--batch-size", type=at_least(1), metavar="N", help="names per minibatch")
     p.add_argument("--lr", type=float, metavar="RATE",
                    help="peak learning rate (linear warm-up, then linear decay to 5%%)")
     p.add_argument("--weight-decay", type=float, metavar="W",
@@ -76,17 +82,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="seed of the initial weights and of the minibatch draws; default: 0")
     p.add_argument("--split-seed", type=at_least(0), default=0, metavar="N",
                    help="seed of the 90/10 train/validation split; default: 0")
-    p.add_argument("--d-model", type=int, metavar="N", help="width of the residual stream")
-    p.add_argument("--layers", type=int, metavar="N", help="number of transformer blocks")
-    p.add_argument("--heads", type=int, metavar="N",
+    p.add_argument("--d-model", type=integer, metavar="N", help="width of the residual stream")
+    p.add_argument("--layers", type=integer, metavar="N", help="number of transformer blocks")
+    p.add_argument("--heads", type=integer, metavar="N",
                    help="attention heads per block (must divide --d-model)")
-    p.add_argument("--d-ff", type=int, metavar="N", help="hidden width of the ReLU MLP")
-    p.add_argument("--context", type=int, metavar="N",
+    p.add_argument("--d-ff", type=integer, metavar="N", help="hidden width of the ReLU MLP")
+    p.add_argument("--context", type=integer, metavar="N",
                    help="context length: positions the model has embeddings for")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="training precision; float32 is about twice as fast. The saved "
                         "weights are float32 either way. default: float32")
-    p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="print no progress (neither the bar nor the progress lines)")
     p.set_defaults(func=run, size_options=SIZE_OPTIONS)
 
 
@@ -129,8 +136,17 @@ def _settings(args: argparse.Namespace):
     return config, steps, batch, lr, wd
 
 
+def output_path(text: str) -> Path:
+    """An argparse type: a non-empty path (Path('') would be the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the path is empty; give a file name ending in .npz")
+    return Path(text)
+
+
 def _output_path(args: argparse.Namespace) -> Path:
     path = args.output if args.output is not None else Path(f"{args.model}.npz")
+    if path.is_dir():
+        raise ValueError(f"--output {path} is a directory; give a file name ending in .npz")
     if path.suffix != ".npz":
         raise ValueError(f"--output must end in .npz, got {str(path)!r}")
     if path.exists() and not args.overwrite:
@@ -138,8 +154,6 @@ def _output_path(args: argparse.Namespace) -> Path:
                          f"--output")
     if not path.parent.is_dir():
         raise ValueError(f"the directory of --output does not exist: {path.parent}")
-    if path.is_dir():
-        raise ValueError(f"--output {path} is a directory; give a file name ending in .npz")
     existed = path.exists()
     try:  # find out now, not after training, that the file cannot be written
         with open(path, "ab"):
@@ -167,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = _train_with_progress(config, steps, batch, lr, wd, args, names)
     seconds = time.perf_counter() - t0
+    if not math.isfinite(result.val_loss):
+        raise Diverged(f"the validation loss is {result.val_loss}", lr)
     result.model.save(path)
     train_names, val_names = split_names(names, seed=args.split_seed)
     baseline = bigram_loss(train_names, val_names)
@@ -174,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"validation loss:  {result.val_loss:.4f} nats/char")
     print(f"bigram baseline:  {baseline:.4f} nats/char (add-one smoothing)")
     uniform = math.log(result.model.config.vocab_size)
-    if not result.val_loss < uniform:  # worse than guessing every character alike
+    if result.val_loss >= uniform:  # worse than guessing every character alike
         print(f"warning: the validation loss is above {uniform:.2f} nats/char, that of guessing "
               f"every character alike: training diverged or did not learn; try a lower --lr "
               f"or more --steps")
@@ -193,32 +209,66 @@ def _translate(err: ValueError) -> ValueError:
     return ValueError(msg)
 
 
+class Diverged(ValueError):
+    """Training produced a loss that is NaN or infinite: no weights are written."""
+
+    def __init__(self, what: str, lr: float):
+        super().__init__(f"training diverged ({what}); no weights were written; try a lower "
+                         f"--lr than {lr:g}")
+
+
 def _train_with_progress(config: CharGPTConfig, steps: int, batch: int, lr: float, wd: float,
                          args: argparse.Namespace, names: list[str]) -> TrainResult:
-    """Run ``train``, with a rich progress bar unless --no-progress."""
+    """Run ``train``, stopping at the first loss that is not finite. Progress: a rich
+    progress bar on a terminal, a plain line every 10% of the steps otherwise (a pipe or a
+    log file), nothing with --no-progress."""
     kwargs = dict(steps=steps, batch_size=batch, lr=lr, weight_decay=wd, seed=args.seed,
                   split_seed=args.split_seed, dtype=np.dtype(args.dtype), names=names)
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    t0 = time.perf_counter()
+
+    def show_line(step: int, loss: float) -> None:
+        if step % max(1, steps // 10) == 0 or step == steps:
+            elapsed = time.perf_counter() - t0
+            end = ("; computing the validation loss" if step == steps else
+                   f", about {elapsed * (steps - step) / step:.0f} s left")
+            print(f"step {step}/{steps}: loss {loss:.3f}, {elapsed:.0f} s elapsed{end}",
+                  flush=True)
+
+    def show_nothing(step: int, loss: float) -> None:
+        pass
+
+    console = Console()
+    display = contextlib.nullcontext()
     if args.no_progress:
-        return train(config, **kwargs)
-    try:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-    except ImportError:
-        raise ValueError("the progress bar needs rich (pip install 'npdecode[cli]'); "
-                         "or pass --no-progress") from None
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns) as progress:
-        task = progress.add_task("training", total=steps, loss=float("nan"))
-        smooth = [None]
+        show = show_nothing
+    elif not console.is_terminal:
+        show = show_line
+    else:
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("loss {task.fields[loss]:.3f}"), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn())
+        display = Progress(*columns, console=console)
+        task = display.add_task("training", total=steps, loss=float("nan"))
 
-        def on_step(step: int, loss: float) -> None:
-            # An exponential moving average: a single minibatch's loss is noisy.
-            smooth[0] = loss if smooth[0] is None else 0.98 * smooth[0] + 0.02 * loss
+        def show(step: int, loss: float) -> None:
             if step % 20 == 0 or step in (1, steps):
-                progress.update(task, completed=step, loss=smooth[0])
+                display.update(task, completed=step, loss=loss)
             if step == steps:  # train() goes on to the validation loss
-                progress.update(task, description="validating")
+                display.update(task, description="validating")
 
+    smooth = [None]
+
+    def on_step(step: int, loss: float) -> None:
+        if not math.isfinite(loss):
+            raise Diverged(f"the loss is {loss} at step {step}", lr)
+        # An exponential moving average: a single minibatch's loss is noisy.
+        smooth[0] = loss if smooth[0] is None else 0.98 * smooth[0] + 0.02 * loss
+        show(step, smooth[0])
+
+    # A diverging step warns of overflows and NaNs before on_step sees its loss; the command
+    # reports the divergence itself, once.
+    with display, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         return train(config, on_step=on_step, **kwargs)

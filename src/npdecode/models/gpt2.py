@@ -160,8 +160,8 @@ def load_safetensors(file: Path) -> dict[str, np.ndarray]:
     try:
         from safetensors import safe_open
     except ImportError as e:  # an optional extra
-        raise ImportError("loading GPT-2 weights needs the safetensors package: "
-                          "pip install 'npdecode[hf]' (or pip install safetensors)") from e
+        raise ImportError("loading GPT-2 weights needs safetensors: pip install safetensors, "
+                          "or in a clone of npdecode: python -m pip install '.[hf]'") from e
     with open(file, "rb") as f:  # the header: 8 bytes of length, then JSON
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
         data_start = f.tell()

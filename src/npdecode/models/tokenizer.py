@@ -40,8 +40,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     try:
         from tokenizers import Tokenizer as Backend
     except ImportError as e:
-        raise ImportError("text input and output need the tokenizers package: "
-                          "pip install 'npdecode[hf]' (or pip install tokenizers)") from e
+        raise ImportError("text input and output need tokenizers: pip install tokenizers, "
+                          "or in a clone of npdecode: python -m pip install '.[hf]'") from e
     path = Path(path)
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.exists():

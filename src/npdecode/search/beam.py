@@ -11,10 +11,16 @@ its j-th best hypothesis, so the pool's order is the array order.
 Tie-breaking (deterministic, and a function of the item alone): at equal score a hypothesis
 already finished before this step ranks ahead of a new candidate; finished ones keep their
 previous relative order; candidates rank by their parent's place in the pool, then by the
-token's log-probability under the parent (highest first), then by token id (lowest first).
+token's log-probability under the parent (highest first; where two round to the same value,
+by their logits, whose order is exact), then by token id (lowest first).
 Candidates of one step all have the same length, so they are compared by their float64
 logprobs: the exact order of their scores, which the division by len ** alpha can round
 into equal values.
+
+A candidate's logprob is its parent's plus the token's max-shifted log-softmax,
+``(logit - max) - log(sum(exp(logits - max)))``, added one step at a time: equal
+log-softmax values give exactly equal logprobs (rows that differ by a constant included),
+and the rule above decides between them rather than rounding.
 """
 
 from __future__ import annotations
@@ -127,25 +133,21 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     x = logits                                                            # [n, V]
     if maxima is None:
         maxima = part_maxima(x, parts_for(K, x.shape[1]))
-    # log-softmax = (x - shift) - lse by row (shift None: 0; rows with huge logits shift)
+    # log-softmax = (x - shift) - lse by row: shift is the row's max
     shift, lse = log_normalizer(x, maxima)                                # [n] each
-    # [n, c]; in x's dtype where no row is shifted (sums with float64 offsets are float64)
-    part_max = maxima if shift is None else maxima - shift[:, None]
+    part_max = maxima - shift[:, None]                                    # [n, c] float64
     if rows is not None:  # into sequence order
-        part_max, lse = part_max[rows], lse[rows]
-        shift = None if shift is None else shift[rows]
+        part_max, lse, shift = part_max[rows], lse[rows], shift[rows]
     # The live slots' logprobs; when every slot is live they are the whole array, in order.
     logprob = state.logprob.ravel() if len(item) == B * K else state.logprob[item, slot]
-    offset = logprob - lse                                                # [n]
     if banned is not None:  # banned tokens are never chosen; bound the rest
         x = np.where(banned, -np.inf, x)
-        maxima = part_maxima(x, part_max.shape[1])
-        part_max = maxima if shift is None else maxima - shift[:, None]
+        part_max = part_maxima(x, part_max.shape[1]) - shift[:, None]
 
     # Only an item's K best candidates can enter its pool: every unfinished hypothesis of an
     # item has the same length, so candidates rank by logprob alone. These K are always among
     # each beam's top 2K tokens (the textbook candidate set), so the result is the same.
-    cand_logprob, cand_seq, cand_token = top_candidates(x, part_max, offset, item, K, B,
+    cand_logprob, cand_seq, cand_token = top_candidates(x, part_max, logprob, lse, item, K, B,
                                                         banned, rows, shift)     # [B, k]
     cand_ok = cand_seq >= 0
     cand_slot = slot[cand_seq]  # where cand_seq is -1 this is junk, never used (not ok)

@@ -15,41 +15,32 @@ import numpy as np
 from npdecode.numerics import read_only
 
 
-# Row maxima inside which exp(logits) is summed without first subtracting the max: exp cannot
-# overflow, the sum is at least exp(low), and whatever underflows is below 1e-17 of the sum.
-_UNSHIFTED_RANGE = {np.dtype(np.float32): (-40.0, 40.0), np.dtype(np.float64): (-600.0, 600.0)}
+def log_normalizer(logits: np.ndarray, maxima: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's max and log(sum(exp(logits - max))): (shift, lse), both (n,) float64.
+    ``maxima`` holds each row's max (n,), or its maxima over column ranges (n, c).
 
+    Token t of row r then has log-probability ``(logits[r, t] - shift[r]) - lse[r]``, the
+    textbook max-shifted log-softmax: nothing overflows or underflows whatever the logits'
+    magnitude, rows that differ by a constant get equal log-probabilities, and lse >= 0 (the
+    max's term is exactly 1), so no log-probability is positive and a row's only finite token
+    has exactly 0. The caller keeps the parts apart: with huge logits, ``shift + lse`` would
+    round lse away.
 
-def log_normalizer(logits: np.ndarray, maxima: np.ndarray
-                   ) -> tuple[np.ndarray | None, np.ndarray]:
-    """log(sum(exp(logits))) per row, in two parts: (shift, lse), with the normalizer equal to
-    ``shift + lse`` (shift None: 0 for every row); both (n,) float64. ``maxima`` holds each
-    row's max (n,), or its maxima over column ranges (n, c).
-
-    A row whose max is moderate is exponentiated as it is (one pass fewer when every row is;
-    the relative error of each exponential is the same either way); any other row is shifted
-    by its max first. The caller keeps the parts apart and forms a logprob as
-    ``(logit - shift) - lse``: with huge logits, ``shift + lse`` would round lse away. The
-    choice is made row by row, so a row's result never depends on the other rows.
-
-    Float64 logits are normalized in float64. Float32 logits are exponentiated and summed
-    (pairwise) in float32 and the log taken in float64: the error, a few 1e-7, is the size
-    of the rounding already in a float32 model's logits, and the passes over (n, V) cost half.
+    Float64 logits are normalized in float64. Float32 logits are shifted, exponentiated and
+    summed (pairwise) in float32 and the log taken in float64: the error, a few 1e-7, is the
+    size of the rounding already in a float32 model's logits, and the passes over (n, V) cost
+    half.
     """
-    if logits.dtype not in _UNSHIFTED_RANGE:
+    if logits.dtype not in (np.float32, np.float64):
         logits = np.asarray(logits, dtype=np.float64)
     if not len(maxima):
-        return None, np.zeros(0)
-    low, high = _UNSHIFTED_RANGE[logits.dtype]
-    # Every row's max lies between the least and the largest of the maxima.
-    if low < maxima.min() and maxima.max() < high:  # every row moderate
-        return None, np.log(_row_sums(np.exp(logits)))
-    row_max = maxima.max(axis=1) if maxima.ndim == 2 else maxima                  # [n]
-    moderate = (low < row_max) & (row_max < high)                        # [n]
-    shift = np.where(moderate, 0.0, row_max).astype(np.float64)          # [n]
-    e = logits - shift.astype(logits.dtype)[:, None]                     # [n, V]
+        return np.zeros(0), np.zeros(0)
+    row_max = maxima if maxima.ndim == 1 else maxima[:, 0]                         # [n]
+    for j in range(1, maxima.shape[1] if maxima.ndim == 2 else 1):
+        row_max = np.maximum(row_max, maxima[:, j])  # (max(axis=1) of a few columns is slower)
+    e = per_row(np.subtract, logits, row_max.astype(logits.dtype))        # [n, V]
     np.exp(e, out=e)
-    return shift, np.log(_row_sums(e))
+    return row_max.astype(np.float64), np.log(_row_sums(e))
 
 
 def _row_sums(e: np.ndarray) -> np.ndarray:
@@ -120,19 +111,22 @@ def candidate_bounds(best: np.ndarray, offset: np.ndarray, x: np.ndarray, item: 
 
 def at_or_above(x: np.ndarray, threshold: np.ndarray) -> np.ndarray:
     """Flat indices, ascending, of the entries of x (n, V) at or above their row's threshold."""
+    return sparse_flatnonzero(per_row(np.greater_equal, x, threshold))
+
+
+def per_row(ufunc: np.ufunc, x: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``ufunc(x, v[:, None])``: x (n, V) with one value of v (n,) per row."""
     if x.size >= _MANY_ELEMENTS and _ROW_BUFFER < x.shape[1] < np.getbufsize():
         # NumPy copies a per-row operand into a buffer several rows long whenever a row
-        # fits its buffer; with rows of 1000 that makes the comparison ~1.5x slower than
-        # running along each row. A smaller buffer, for this call only, avoids the copy
-        # (changing it costs more than the copy on a few rows).
+        # fits its buffer; with rows of 1000 that makes the call ~1.5x slower than running
+        # along each row. A smaller buffer, for this call only, avoids the copy (changing it
+        # costs more than the copy on a few rows).
         old = np.setbufsize(_ROW_BUFFER)
         try:
-            mask = x >= threshold[:, None]
+            return ufunc(x, v[:, None])
         finally:
             np.setbufsize(old)
-    else:
-        mask = x >= threshold[:, None]
-    return sparse_flatnonzero(mask)
+    return ufunc(x, v[:, None])
 
 
 def sparse_flatnonzero(mask: np.ndarray) -> np.ndarray:
@@ -184,24 +178,26 @@ def _item_dtype(batch: int) -> type:
 _INT16_MAX = int(np.iinfo(np.int16).max)
 
 
-def top_candidates(x: np.ndarray, part_max: np.ndarray, offset: np.ndarray, item: np.ndarray,
-                   k: int, batch: int, banned: np.ndarray | None = None,
+def top_candidates(x: np.ndarray, part_max: np.ndarray, logprob: np.ndarray, lse: np.ndarray,
+                   item: np.ndarray, k: int, batch: int, banned: np.ndarray | None = None,
                    rows: np.ndarray | None = None, shift: np.ndarray | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each item's k best candidates (sequence, token) by logprob ``offset[seq] + x[row, token]``
-    (``offset[seq] + (x[row, token] - shift[seq])`` when ``shift`` (n,) is given).
+    """Each item's k best candidates (sequence, token) by logprob
+    ``logprob[seq] + ((x[row, token] - shift[seq]) - lse[seq])`` (shift None: 0), the
+    sequence's logprob so far plus the token's max-shifted log-softmax, summed in that order.
 
     Sequences are numbered 0..n-1, grouped by item in item order: ``item`` (n,) is each
-    sequence's batch item, ``offset`` (n,) what its candidates add to their logit,
-    ``part_max`` (n, c) its largest logits (less its shift) in c disjoint column ranges
-    (more ranges: a tighter bound, fewer survivors). ``x`` (n, V) holds the logits in the
-    model's dtype; ``offset`` is float64, so candidate logprobs are float64; sequence i's are row
-    ``rows[i]`` (default: row i), so logits need not be gathered into sequence order first.
-    ``banned`` (n, V), if given, marks tokens that are never candidates (then ``rows`` must be
-    None). Ties go to the lower sequence (the parent's place in the pool), then the higher
-    logit, then the lower token id.
+    sequence's batch item, ``logprob``, ``lse`` and ``shift`` (n,) float64 its logprob and
+    the parts of its row's log-normalizer (``log_normalizer``), ``part_max`` (n, c) its
+    largest logits less its shift in c disjoint column ranges (more ranges: a tighter bound,
+    fewer survivors). ``x`` (n, V) holds the logits in the model's dtype; candidate logprobs
+    are float64; sequence i's are row ``rows[i]`` (default: row i), so logits need not be
+    gathered into sequence order first. ``banned`` (n, V), if given, marks tokens that are
+    never candidates (then ``rows`` must be None). Ties go to the lower sequence (the
+    parent's place in the pool), then the higher logit, then the lower token id.
     Returns (value, seq, token), each (B, k); missing entries have seq -1.
     """
+    offset = logprob - lse    # what a sequence's candidates add to their shifted logit
     n, V = x.shape
     best = offset[:, None] + part_max                                     # [n, c]
     bound = candidate_bounds(best, offset, x, item, k, batch, rows, shift)          # [n]
@@ -234,7 +230,8 @@ def top_candidates(x: np.ndarray, part_max: np.ndarray, offset: np.ndarray, item
     if rows is not None:
         seq = seq_of_row[seq]
     logit = x.ravel()[flat]                  # [C] in x's dtype (float64 arithmetic below)
-    value = offset[seq] + (logit if shift is None else logit - shift[seq])  # [C] float64
+    lp = logit - lse[seq] if shift is None else (logit - shift[seq]) - lse[seq]   # [C]
+    value = logprob[seq] + lp                                             # [C] float64
     if k == 1 and len(flat) == n == batch and rows is None and banned is None:
         # One sequence per item, in item order, and one survivor each: its best (K = 1).
         return value[:, None], seq[:, None], (flat % V)[:, None]

@@ -1,0 +1,63 @@
+"""Option parsing shared by the subcommands: integer types with one style of error, and the
+help formatter. (No rich here: the parser is built before rich is looked for.)"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import textwrap
+from typing import Callable
+
+
+def integer(text: str) -> int:
+    """An argparse type: an integer (argparse names the flag in its error)."""
+    if not _INTEGER.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    return int(text)
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take '3_000' and '３'
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum`` (argparse names the flag in its error)."""
+    def parse(text: str) -> int:
+        value = integer(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+class ParagraphFormatter(argparse.HelpFormatter):
+    """Help whose description and epilog wrap to the terminal, paragraph by paragraph.
+
+    Paragraphs are separated by blank lines; an indented line (an example command, a table
+    row) is kept as written, so that a command in the help can be pasted. Option names such
+    as --vocab-size are never broken at their hyphens.
+    """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out: list[str] = []
+        for paragraph in text.strip("\n").split("\n\n"):
+            if out:
+                out.append("")
+            words: list[str] = []  # the running text not yet wrapped
+            for line in paragraph.splitlines():
+                if line.startswith(" "):
+                    out += self._wrap(words, width, indent) + [indent + line]
+                    words = []
+                else:
+                    words.append(line.strip())
+            out += self._wrap(words, width, indent)
+        return "\n".join(out)
+
+    def _split_lines(self, text: str, width: int) -> list[str]:  # an option's help
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False,
+                             break_long_words=False)
+
+    @staticmethod
+    def _wrap(words: list[str], width: int, indent: str) -> list[str]:
+        return textwrap.wrap(" ".join(words), width, initial_indent=indent,
+                             subsequent_indent=indent, break_on_hyphens=False,
+                             break_long_words=False)
