@@ -358,6 +358,18 @@ def test_models_must_share_the_vocabulary():
         speculative_sample(BIG_T, TinyLM(vocab_size=21, d_model=16), [[1]], max_new_tokens=3)
 
 
+@pytest.mark.parametrize("undeclared", ["target", "draft"])
+def test_a_model_that_does_not_declare_another_vocabulary_is_named(undeclared):
+    """One model declares 20 tokens, the other declares nothing and returns 21 logits: the
+    error says the two must share the vocabulary and which one returned what."""
+    other = Recording(TinyLM(vocab_size=21, d_model=16, seed=3))
+    del other.vocab_size
+    target, draft = (other, BIG_T) if undeclared == "target" else (BIG_T, other)
+    with pytest.raises(ValueError, match=f"share the vocabulary; the {undeclared} model "
+                                         f"returned 21 logits per token, expected 20"):
+        speculative_sample(target, draft, [[1]], max_new_tokens=3)
+
+
 def test_bad_prompts_and_empty_batch():
     assert speculative_sample(BIG_T, BIG_T, [], max_new_tokens=3).generations == []
     with pytest.raises(ValueError, match="prompt 1"):

@@ -51,6 +51,8 @@ class SpeculativeResult:
     proposed:     draft tokens proposed, summed over rows and rounds.
     accepted:     draft tokens the target accepted (a rejection's replacement and the bonus
                   token are not counted); ``accepted / proposed`` is the acceptance rate.
+                  Both count every draft of a round, including those after an accepted EOS
+                  that ends the row, so ``accepted`` can exceed the tokens kept.
     target_calls: calls of the target model: one prefill plus one ``extend`` per round.
     draft_calls:  calls of the draft model: one prefill plus k ``extend`` s per round.
     """
@@ -144,13 +146,14 @@ def speculative_sample(target, draft, prompts: Sequence[Sequence[int]], *,
     items = np.arange(B)
     for who, model, cache in (("target", target, tcache), ("draft", draft, dcache)):
         first = model.prefill(clean, cache)
+        if vocab is not None and getattr(first, "shape", ())[:1] == (B,) and (
+                first.ndim == 2 and first.shape[1] != vocab):
+            raise ValueError(f"target and draft must share the vocabulary; the {who} model "
+                             f"returned {first.shape[1]} logits per token, expected {vocab}")
         check_logits(first, B, vocab, items)
         if vocab is None:  # neither model declares its vocabulary: read it off the logits
             vocab = first.shape[1]
             check_ids(clean, eos, vocab)
-        elif first.shape[1] != vocab:
-            raise ValueError(f"target and draft must share the vocabulary; the {who} model "
-                             f"returned {first.shape[1]} logits per token, expected {vocab}")
         cache.truncate(cache.end[:B] - 1)   # the invariant: the last token is pending
     target_calls = draft_calls = 1
 
