@@ -1,11 +1,13 @@
 """Numerical robustness: huge logits, masked tokens, long generations."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 
 from npdecode import TinyLM, batched_beam_search
+from npdecode.search.beam_search import beam_search
 from npdecode.numerics import log_softmax
 from reference_beam import reference_beam_search
 from toy_models import FixedLogits
@@ -235,3 +237,17 @@ def test_a_rows_only_finite_token_has_log_probability_exactly_zero(dtype, logit)
     model.row = model.row.astype(dtype)
     best = batched_beam_search(model, [[0]], beam_width=1, max_new_tokens=3)[0][0]
     assert best.tokens == [1, 1, 1] and best.logprob == 0.0 and best.score == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_logits_spanning_the_whole_float_range_give_exact_logprobs_without_warnings(dtype):
+    big = float(np.finfo(dtype).max)
+    model = FixedLogits([big, -big, 0.0, -np.inf])
+    model.row = model.row.astype(dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning from (logit - max)
+        got = batched_beam_search(model, [[1]], beam_width=3, max_new_tokens=2)[0]
+        hf = beam_search(model, [[1]], num_beams=3, max_new_tokens=2, policy="hf")[0]
+    assert [h.tokens for h in got] == [[0, 0], [0, 2], [2, 0]]
+    assert got[0].logprob == 0.0 and got[1].logprob == got[2].logprob == -big
+    assert hf[0].tokens == [0, 0] and hf[0].logprob == 0.0

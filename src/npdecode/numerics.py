@@ -22,7 +22,8 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     """
     x = np.asarray(logits, dtype=np.float64)
     m = x.max(axis=-1, keepdims=True)
-    shifted = x - m
+    with np.errstate(over="ignore"):  # a logit more than the dtype's max below: -inf
+        shifted = x - m
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 

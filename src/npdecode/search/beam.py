@@ -133,22 +133,16 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     x = logits                                                            # [n, V]
     if maxima is None:
         maxima = part_maxima(x, parts_for(K, x.shape[1]))
-    # log-softmax = (x - shift) - lse by row: shift is the row's max
-    shift, lse = log_normalizer(x, maxima)                                # [n] each
-    part_max = maxima - shift[:, None]                                    # [n, c] float64
-    if rows is not None:  # into sequence order
-        part_max, lse, shift = part_max[rows], lse[rows], shift[rows]
     # The live slots' logprobs; when every slot is live they are the whole array, in order.
     logprob = state.logprob.ravel() if len(item) == B * K else state.logprob[item, slot]
-    if banned is not None:  # banned tokens are never chosen; bound the rest
-        x = np.where(banned, -np.inf, x)
-        part_max = part_maxima(x, part_max.shape[1]) - shift[:, None]
-
     # Only an item's K best candidates can enter its pool: every unfinished hypothesis of an
     # item has the same length, so candidates rank by logprob alone. These K are always among
     # each beam's top 2K tokens (the textbook candidate set), so the result is the same.
-    cand_logprob, cand_seq, cand_token = top_candidates(x, part_max, logprob, lse, item, K, B,
-                                                        banned, rows, shift)     # [B, k]
+    # With logits at the ends of the float range, (logit - max) and the candidate thresholds
+    # can overflow to -inf, which is what they mean: a weight of 0, a bound below every logit.
+    with np.errstate(over="ignore"):
+        cand_logprob, cand_seq, cand_token = _best_candidates(x, maxima, logprob, item, K, B,
+                                                              banned, rows)      # [B, k]
     cand_ok = cand_seq >= 0
     cand_slot = slot[cand_seq]  # where cand_seq is -1 this is junk, never used (not ok)
     cand_score = cand_logprob / float(step + 1) ** alpha
@@ -205,6 +199,21 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
     if new.live_slots is new._all_slots:  # every slot is live: all of them, in order
         return new, new_seq.ravel(), new_token.ravel()
     return new, new_seq[new.live], new_token[new.live]
+
+
+def _best_candidates(x: np.ndarray, maxima: np.ndarray, logprob: np.ndarray, item: np.ndarray,
+                     k: int, batch: int, banned: np.ndarray | None, rows: np.ndarray | None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``top_candidates`` of sequences with logprobs ``logprob`` (n,) and logits ``x`` (rows
+    and the rest as for ``beam_step``), by the max-shifted log-softmax of each row."""
+    shift, lse = log_normalizer(x, maxima)         # [n] each: log-softmax = (x - shift) - lse
+    part_max = maxima - shift[:, None]                                    # [n, c] float64
+    if rows is not None:  # into sequence order
+        part_max, lse, shift = part_max[rows], lse[rows], shift[rows]
+    if banned is not None:  # banned tokens are never chosen; bound the rest
+        x = np.where(banned, -np.inf, x)
+        part_max = part_maxima(x, part_max.shape[1]) - shift[:, None]
+    return top_candidates(x, part_max, logprob, lse, item, k, batch, banned, rows, shift)
 
 
 @functools.lru_cache(maxsize=8)

@@ -258,7 +258,8 @@ def hf_beam_search(model, prompts: Sequence[Sequence[int]], *, num_beams: int,
             hist = st.seq[act, :beams_per_row, :W + t].reshape(n_rows, W + t)
             logp[ngram_ban_mask(hist, ngram, V)] = -np.inf  # banned, not renormalized
         logp = logp.reshape(len(act), beams_per_row, V)                  # [A, 1|K, V]
-        total = (st.run_lp[act][:, :, None] + logp).reshape(len(act), K * V)  # [A, K*V]
+        with np.errstate(over="ignore"):  # sums below the float range: -inf, as they mean
+            total = (st.run_lp[act][:, :, None] + logp).reshape(len(act), K * V)  # [A, K*V]
 
         # 2K candidates: enough for K running beams even if K of them end with EOS.
         idx, cand_lp = top_over_beams(total, 2 * K)                      # [A, 2K]

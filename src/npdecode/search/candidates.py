@@ -38,9 +38,9 @@ def log_normalizer(logits: np.ndarray, maxima: np.ndarray) -> tuple[np.ndarray, 
     row_max = maxima if maxima.ndim == 1 else maxima[:, 0]                         # [n]
     for j in range(1, maxima.shape[1] if maxima.ndim == 2 else 1):
         row_max = np.maximum(row_max, maxima[:, j])  # (max(axis=1) of a few columns is slower)
-    e = per_row(np.subtract, logits, row_max.astype(logits.dtype))        # [n, V]
+    e = per_row(np.subtract, logits, row_max.astype(logits.dtype, copy=False))  # [n, V]
     np.exp(e, out=e)
-    return row_max.astype(np.float64), np.log(_row_sums(e))
+    return row_max.astype(np.float64, copy=False), np.log(_row_sums(e))
 
 
 def _row_sums(e: np.ndarray) -> np.ndarray:
@@ -116,7 +116,7 @@ def at_or_above(x: np.ndarray, threshold: np.ndarray) -> np.ndarray:
 
 def per_row(ufunc: np.ufunc, x: np.ndarray, v: np.ndarray) -> np.ndarray:
     """``ufunc(x, v[:, None])``: x (n, V) with one value of v (n,) per row."""
-    if x.size >= _MANY_ELEMENTS and _ROW_BUFFER < x.shape[1] < np.getbufsize():
+    if x.nbytes >= _MANY_BYTES and _ROW_BUFFER < x.shape[1] < np.getbufsize():
         # NumPy copies a per-row operand into a buffer several rows long whenever a row
         # fits its buffer; with rows of 1000 that makes the call ~1.5x slower than running
         # along each row. A smaller buffer, for this call only, avoids the copy (changing it
@@ -145,8 +145,10 @@ def sparse_flatnonzero(mask: np.ndarray) -> np.ndarray:
 
 
 _ROW_BUFFER = 512       # elements; a multiple of 16, as NumPy requires
-_MANY_ELEMENTS = 32768  # from about this many (32 rows of 1000) the smaller buffer and the
-#                         word-wise survivor search pay for their extra calls
+_MANY_BYTES = 100_000   # from about this size (32 rows of 1000 float32) the smaller buffer
+#                         pays for its extra calls
+_MANY_ELEMENTS = 32768  # from about this many (32 rows of 1000) the word-wise survivor
+#                         search pays for its extra calls
 
 
 # Beyond this many survivors of the threshold, sorting them all by the four keys of the tie
