@@ -29,7 +29,8 @@ def top_candidates_of(x, parts, offset, item, k, batch, rng=None):
         rows = rng.permutation(len(x))
         logits = np.empty_like(x)
         logits[rows] = x
-    return top_candidates(logits, maxima(x, parts), offset, np.zeros(len(x)), item, k, batch,
+    zero = np.zeros(len(x))  # no shift and no normalizer: a candidate scores offset + logit
+    return top_candidates(logits, maxima(x, parts), offset, zero, zero, item, k, batch,
                           rows=rows)
 
 
@@ -163,7 +164,8 @@ def test_one_beam_per_item_takes_each_rows_best(seed, ties):
     x = x.astype(np.float32)
     offset = rng.normal(0, 5, size=batch)
     item = np.arange(batch)
-    value, row, token = top_candidates(x, maxima(x, 1), offset, np.zeros(batch), item, 1, batch)
+    zero = np.zeros(batch)  # no shift and no normalizer: a candidate scores offset + logit
+    value, row, token = top_candidates(x, maxima(x, 1), offset, zero, zero, item, 1, batch)
     for b, want in enumerate(brute_force(x, offset, item, 1, batch)):
         assert [(value[b, 0], row[b, 0], token[b, 0])] == want
 
@@ -237,7 +239,8 @@ def test_a_tie_just_past_the_kth_best_goes_to_the_tie_rule(other, parts, monkeyp
     offset, item = np.zeros(2), np.zeros(2, dtype=np.int64)
     for rows in (None, np.array([1, 0])):
         logits = x if rows is None else x[::-1].copy()
-        value, row, token = top_candidates(logits, maxima(x, parts), offset, np.zeros(2),
+        zero = np.zeros(2)  # no shift and no normalizer: a candidate scores offset + logit
+        value, row, token = top_candidates(logits, maxima(x, parts), offset, zero, zero,
                                            item, 2, 1, rows=rows)
         want = brute_force(x, offset, item, 2, 1)[0]
         assert [(value[0, j], row[0, j], token[0, j]) for j in range(2)] == want

@@ -250,3 +250,13 @@ def test_gpt2_computes_in_float32_or_float64_only(tmp_path):
     build_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="dtype must be float32 or float64"):
         GPT2.from_pretrained(tmp_path, dtype=np.float16)
+
+
+def test_an_unsupported_activation_is_refused_naming_every_supported_one():
+    from npdecode.models.gpt2 import GPT2Config
+    config = GPT2Config(vocab_size=10, n_positions=8, n_embd=4, n_layer=1, n_head=1,
+                        activation_function="mish")
+    with pytest.raises(ValueError, match="'mish' is not supported") as err:
+        GPT2(config, {})
+    for name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu", "silu"):
+        assert repr(name) in str(err.value)

@@ -47,7 +47,9 @@ class KVCache:
         # Keys and values share one buffer, so that copying a row moves both in one call.
         self._buf = np.zeros(2 * layers * rows * heads * slots * head_dim, dtype=dtype)
         self._dims = (layers, rows, heads, head_dim)
-        self._whole = False  # blocks grow with the rows and are read whole (set by begin)
+        # Blocks grow with the rows, and are read whole, only in a large cache (see the module
+        # docstring); a smaller one keeps all its slots in every block.
+        self._whole = self._buf.nbytes >= _WHOLE_BYTES
         self.slots = slots
         self._lay_out(slots)
         # Per-row bookkeeping in one array, so that copying rows copies it in one call.
@@ -129,9 +131,6 @@ class KVCache:
         self.n = n
         self.start[:n] = width - lengths
         self.end[:n] = 0
-        # Blocks grow with the rows, and are read whole, only in a large cache (see the module
-        # docstring); a smaller one keeps all its slots in every block.
-        self._whole = self._buf.nbytes >= _WHOLE_BYTES
         self._lay_out(min(slots, max(width, int(width * _GROWTH))) if self._whole else slots)
         self.group[:n] = np.arange(n)
         self._changed()

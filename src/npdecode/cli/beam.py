@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,22 +11,19 @@ from npdecode.cli.options import at_least, integer
 from npdecode.cli.render import check_fits, console, hypotheses_table, stopped_early
 from npdecode.models.tinylm import TinyLM
 from npdecode.search.beam import batched_beam_search, count_hypotheses
-from npdecode.search.validate import check_int, check_length_penalty, check_request
+from npdecode.search.validate import check_length_penalty, check_request
 
 
 def token_list(text: str) -> list[int]:
     """'3,14,159' -> [3, 14, 159], with an error that says what was wrong."""
     if not text.strip():
         raise argparse.ArgumentTypeError("a prompt needs at least one token id, e.g. 3,14,159")
-    parts = [part.strip() for part in text.split(",")]
-    if not all(_ID.fullmatch(part) for part in parts):
+    try:
+        return [integer(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a comma-separated list of token ids (decimal digits, no empty "
-            f"entries), e.g. 3,14,159")
-    return [int(part) for part in parts]
-
-
-_ID = re.compile(r"-?[0-9]+")  # ASCII digits only: int() would also take '3_000' and '３'
+            f"entries), e.g. 3,14,159") from None
 
 # The library's argument names, as this command's options.
 OPTIONS = {"beam_width": "--beam-width", "max_new_tokens": "--max-new-tokens",
@@ -40,9 +36,7 @@ def check_settings(args: argparse.Namespace) -> None:
     TinyLM is built (they need only its vocabulary size)."""
     shape = SimpleNamespace(vocab_size=args.vocab_size)  # all the checks read off a model
     _, T, _, _ = check_request(shape, args.prompt, args.max_new_tokens, args.eos)
-    check_int("beam_width", args.beam_width, minimum=1)
-    check_length_penalty("alpha", args.alpha, T)
-    check_int("no_repeat_ngram_size", args.no_repeat_ngram_size, minimum=0)
+    check_length_penalty("alpha", args.alpha, T)  # (the parser checked the sizes)
 
 
 def check_memory(args: argparse.Namespace) -> None:

@@ -283,11 +283,8 @@ def speculative_note(num_prefixes: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Print the three comparison tables."""
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        raise ValueError("compare prints rich tables; install rich (pip install rich)")
+    from rich.console import Console  # (the command line refuses to start without rich)
+    from rich.table import Table
     for prefix in args.prefixes:
         encode(prefix)  # ValueError naming a character outside a-z
     target, draft = load_models(args)

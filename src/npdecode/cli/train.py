@@ -124,10 +124,6 @@ def _settings(args: argparse.Namespace):
     batch = recipe.batch_size if args.batch_size is None else args.batch_size
     lr = recipe.lr if args.lr is None else args.lr
     wd = recipe.weight_decay if args.weight_decay is None else args.weight_decay
-    if steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {steps}")
-    if batch < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch}")
     if not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"--lr must be a positive number, got {lr}")
     if not math.isfinite(wd) or wd < 0:

@@ -58,12 +58,8 @@ class GPT2Config:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if d.get(k) is not None})
 
 
-def _gelu_tanh(x: np.ndarray) -> np.ndarray:
-    """GELU, tanh approximation (GPT-2's "gelu_new"); the model computes it as below."""
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x * x * x)))
-
-
-# 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2 / pi), is r f(s x) with
+# GELU's tanh approximation (GPT-2's "gelu_new"), 0.5 x (1 + tanh(c (x + 0.044715 x^3))) with
+# c = sqrt(2 / pi), is r f(s x) with
 # f(z) = z (1 + tanh(z (g + z^2))) for s = (0.044715 c)^(1/3), g = c / s and r = 0.5 / s.
 # A model folds s into the weights and bias before the activation and r into the weights
 # after it (see ``GPT2._block``), which leaves f: six passes over its input instead of eight.
@@ -98,9 +94,6 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "gelu_new": _gelu_tanh,
-    "gelu_pytorch_tanh": _gelu_tanh,
-    "gelu_fast": _gelu_tanh,
     "gelu": _gelu_exact,
     "relu": lambda x: np.maximum(x, 0),
     "silu": lambda x: x * _sigmoid(x),
@@ -204,17 +197,20 @@ class GPT2:
         c = config
         if c.n_embd % c.n_head:
             raise ValueError(f"n_embd {c.n_embd} is not divisible by n_head {c.n_head}")
-        if c.activation_function not in ACTIVATIONS:
+        supported = ACTIVATIONS.keys() | SCALED_ACTIVATIONS.keys()
+        if c.activation_function not in supported:
             raise ValueError(f"activation_function {c.activation_function!r} is not supported; "
-                             f"choose one of {sorted(ACTIVATIONS)}")
+                             f"choose one of {sorted(supported)}")
         self.config = c
         self.dtype = model_dtype(dtype)
         self.vocab_size = c.vocab_size
         self.max_context = c.n_positions  # learned positions: nothing beyond them exists
         self.head_dim = c.n_embd // c.n_head
         # The MLP computes act(x) as r * f(s * x): s and r are folded into its weights.
-        self._act, self._act_in, self._act_out = SCALED_ACTIVATIONS.get(
-            c.activation_function, (ACTIVATIONS[c.activation_function], 1.0, 1.0))
+        name = c.activation_function
+        self._act, self._act_in, self._act_out = (SCALED_ACTIVATIONS[name]
+                                                  if name in SCALED_ACTIVATIONS
+                                                  else (ACTIVATIONS[name], 1.0, 1.0))
         self._eps = c.layer_norm_epsilon
         self._avg = np.full(c.n_embd, 1.0 / c.n_embd, dtype=self.dtype)  # [d] for row means
 

@@ -213,7 +213,7 @@ def _best_candidates(x: np.ndarray, maxima: np.ndarray, logprob: np.ndarray, ite
     if banned is not None:  # banned tokens are never chosen; bound the rest
         x = np.where(banned, -np.inf, x)
         part_max = part_maxima(x, part_max.shape[1]) - shift[:, None]
-    return top_candidates(x, part_max, logprob, lse, item, k, batch, banned, rows, shift)
+    return top_candidates(x, part_max, logprob, shift, lse, item, k, batch, banned, rows)
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,9 +1,10 @@
 """Selecting each batch item's best candidates from a step's logits, without sorting them all.
 
-A beam step scores candidate (row r, token t) by ``offset[r] + logits[r, t]``, where
-``offset[r]`` is the row's logprob so far minus its log-normalizer. Only each item's K best
-candidates can enter its pool. They are found with one comparison pass against an exact
-lower bound on the item's K-th best candidate, and the few survivors are ranked exactly.
+A beam step scores candidate (row r, token t) by its row's logprob so far plus the token's
+max-shifted log-softmax, ``logprob[r] + ((logits[r, t] - max[r]) - lse[r])``. Only each
+item's K best candidates can enter its pool. They are found with one comparison pass against
+an exact lower bound on the item's K-th best candidate, and the few survivors are ranked
+exactly.
 """
 
 from __future__ import annotations
@@ -75,18 +76,19 @@ def kth_largest(x: np.ndarray, k: int) -> np.ndarray:
     return np.partition(x, x.shape[1] - k, axis=1)[:, x.shape[1] - k]
 
 
-def candidate_bounds(best: np.ndarray, offset: np.ndarray, x: np.ndarray, item: np.ndarray,
-                     k: int, batch: int, rows: np.ndarray | None = None,
-                     shift: np.ndarray | None = None) -> np.ndarray:
+def candidate_bounds(best: np.ndarray, offset: np.ndarray, x: np.ndarray, shift: np.ndarray,
+                     item: np.ndarray, k: int, batch: int, rows: np.ndarray | None = None
+                     ) -> np.ndarray:
     """A per-row threshold on candidate logprobs that each item's top-k candidates all pass.
 
     ``best[r, j]`` (n, c) is row r's best candidate among the j-th of c disjoint column ranges
-    and ``offset[r]`` the logprob its candidates add to their logit; rows are grouped by item,
+    and ``offset[r]`` the logprob its candidates add to their shifted logit (the logit less
+    ``shift[r]``); rows are grouped by item,
     in item order. An item never has more than k rows (its pool holds k). Its rows' c best
     values are distinct candidates, so with at least k of them their k-th largest bounds the
     item's k-th best candidate from below (with c = 1 and k rows: the worst row's best). With
     fewer, each row's own k-th best candidate bounds it the same way. Row r's logits are
-    ``x[rows[r]]`` (default: ``x[r]``), less ``shift[r]`` (if given).
+    ``x[rows[r]]`` (default: ``x[r]``).
     Returns (n,) thresholds in logprob units.
     """
     n, c = best.shape
@@ -105,7 +107,7 @@ def candidate_bounds(best: np.ndarray, offset: np.ndarray, x: np.ndarray, item: 
         k_row = min(k, x.shape[1])  # a row cannot offer more candidates than the vocabulary
         few_x = x[few] if rows is None else x[rows[few]]
         kth = kth_largest(few_x, k_row)   # in x's dtype; the float64 offsets promote it
-        bound[few] = offset[few] + (kth if shift is None else kth - shift[few])
+        bound[few] = offset[few] + (kth - shift[few])
     return bound
 
 
@@ -180,12 +182,12 @@ def _item_dtype(batch: int) -> type:
 _INT16_MAX = int(np.iinfo(np.int16).max)
 
 
-def top_candidates(x: np.ndarray, part_max: np.ndarray, logprob: np.ndarray, lse: np.ndarray,
-                   item: np.ndarray, k: int, batch: int, banned: np.ndarray | None = None,
-                   rows: np.ndarray | None = None, shift: np.ndarray | None = None
+def top_candidates(x: np.ndarray, part_max: np.ndarray, logprob: np.ndarray, shift: np.ndarray,
+                   lse: np.ndarray, item: np.ndarray, k: int, batch: int,
+                   banned: np.ndarray | None = None, rows: np.ndarray | None = None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each item's k best candidates (sequence, token) by logprob
-    ``logprob[seq] + ((x[row, token] - shift[seq]) - lse[seq])`` (shift None: 0), the
+    ``logprob[seq] + ((x[row, token] - shift[seq]) - lse[seq])``, the
     sequence's logprob so far plus the token's max-shifted log-softmax, summed in that order.
 
     Sequences are numbered 0..n-1, grouped by item in item order: ``item`` (n,) is each
@@ -202,7 +204,7 @@ def top_candidates(x: np.ndarray, part_max: np.ndarray, logprob: np.ndarray, lse
     offset = logprob - lse    # what a sequence's candidates add to their shifted logit
     n, V = x.shape
     best = offset[:, None] + part_max                                     # [n, c]
-    bound = candidate_bounds(best, offset, x, item, k, batch, rows, shift)          # [n]
+    bound = candidate_bounds(best, offset, x, shift, item, k, batch, rows)          # [n]
     # A margin so that rounding in (bound - offset) can never exclude an entry equal to it;
     # the threshold is then rounded down into x's dtype so the comparison runs natively. Both
     # can only admit extra candidates, which the exact ranking below sorts out.
@@ -211,9 +213,7 @@ def top_candidates(x: np.ndarray, part_max: np.ndarray, logprob: np.ndarray, lse
     # keeps -inf - (-inf) = NaN out (it takes every token, and the tie rule decides among
     # them); elsewhere its threshold is about 1e30, above every logit yet within float32.
     margin = 1e-9 * (1.0 + np.abs(bound))
-    threshold = bound - np.maximum(offset, -1e30) - margin               # [n]
-    if shift is not None:  # in the units of x
-        threshold += shift
+    threshold = bound - np.maximum(offset, -1e30) - margin + shift       # [n] in x's units
     threshold = np.nextafter(threshold.astype(x.dtype), -np.inf)
     if rows is not None:  # thresholds and sequence numbers in x's row order
         seq_of_row = np.empty(n, dtype=np.int64)
@@ -232,7 +232,7 @@ def top_candidates(x: np.ndarray, part_max: np.ndarray, logprob: np.ndarray, lse
     if rows is not None:
         seq = seq_of_row[seq]
     logit = x.ravel()[flat]                  # [C] in x's dtype (float64 arithmetic below)
-    lp = logit - lse[seq] if shift is None else (logit - shift[seq]) - lse[seq]   # [C]
+    lp = (logit - shift[seq]) - lse[seq]                                  # [C]
     value = logprob[seq] + lp                                             # [C] float64
     if k == 1 and len(flat) == n == batch and rows is None and banned is None:
         # One sequence per item, in item order, and one survivor each: its best (K = 1).

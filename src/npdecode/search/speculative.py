@@ -146,14 +146,13 @@ def speculative_sample(target, draft, prompts: Sequence[Sequence[int]], *,
     items = np.arange(B)
     for who, model, cache in (("target", target, tcache), ("draft", draft, dcache)):
         first = model.prefill(clean, cache)
-        if vocab is not None and getattr(first, "shape", ())[:1] == (B,) and (
-                first.ndim == 2 and first.shape[1] != vocab):
-            raise ValueError(f"target and draft must share the vocabulary; the {who} model "
-                             f"returned {first.shape[1]} logits per token, expected {vocab}")
-        check_logits(first, B, vocab, items)
+        check_logits(first, B, None, items)  # the width is checked here, naming the model
         if vocab is None:  # neither model declares its vocabulary: read it off the logits
             vocab = first.shape[1]
             check_ids(clean, eos, vocab)
+        elif first.shape[1] != vocab:
+            raise ValueError(f"target and draft must share the vocabulary; the {who} model "
+                             f"returned {first.shape[1]} logits per token, expected {vocab}")
         cache.truncate(cache.end[:B] - 1)   # the invariant: the last token is pending
     target_calls = draft_calls = 1
 
