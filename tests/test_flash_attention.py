@@ -292,6 +292,17 @@ def test_rejects_bad_tile_size(tile):
         flash_attention_fwd(*_ok(), tile)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(scale=float("nan")), "scale must be finite"),
+    (dict(scale=float("inf")), "scale must be finite"),
+    (dict(scale="0.5"), "scale must be a real number"),
+    (dict(causal="no"), "causal must be True or False"),
+    (dict(causal=None), "causal must be True or False")])
+def test_rejects_a_bad_scale_or_causal_flag(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        flash_attention_fwd(*_ok(), **kwargs)
+
+
 @pytest.mark.parametrize("starts", [np.array([0, 1]), np.array([0.0]), np.array([9]),
                                     np.array([-1])])
 def test_rejects_bad_key_start(starts):
@@ -430,4 +441,25 @@ def test_dense_attention_on_many_rows_with_and_without_the_max_shift(dtype, case
     ref[11] = V[11].mean(axis=1, keepdims=True) if case == "all_hidden" else ref[11]
     out = dense_attention(Q.astype(dtype), K.astype(dtype), V.astype(dtype), visible, scale)
     assert out.dtype == dtype
+    assert_matches(out, ref, tol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("dtype, score, W, value", [
+    (np.float32, 79.0, 64, 400.0),       # exp(79) * 400 * 64 keys: the product overflows
+    (np.float32, 79.9, 8192, 1.0),       # exp(79.9) * 8192 keys: the weights' sum overflows
+    (np.float64, 699.0, 64, 1e10)])
+def test_dense_attention_on_many_rows_does_not_overflow_where_the_definition_does_not(
+        dtype, score, W, value):
+    """Scores just below the bound under which exp alone cannot overflow, with many keys or
+    large values: softmax weights are at most 1, so the output (here every key scores the
+    same: the mean of the values) is finite and must come out right."""
+    from npdecode.attention.dense import dense_attention
+    rng = np.random.default_rng(3)
+    B = 256                                                   # 256 rows of scores
+    Q = np.ones((B, 1, 1, 1), dtype=dtype)
+    K = np.full((B, 1, W, 1), score, dtype=dtype)
+    V = (value * (1.0 + 0.1 * rng.standard_normal((B, 1, W, 2)))).astype(dtype)
+    visible = np.ones((B, 1, 1, W), dtype=bool)
+    out = dense_attention(Q, K, V, visible, 1.0)
+    ref = V.astype(np.float64).mean(axis=2, keepdims=True)
     assert_matches(out, ref, tol=1e-5 if dtype == np.float32 else 1e-12)

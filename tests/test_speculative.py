@@ -75,11 +75,12 @@ def exact_pairs(prompt, cfg) -> np.ndarray:
 
 
 def chi_square_excess(pairs: np.ndarray, exact: np.ndarray) -> float:
-    """Pearson chi-square of observed pairs (n, 2) against ``exact`` (V, V), divided by the
-    critical value at a 1e-6 false-alarm rate: > 1 rejects. A pair of probability 0 gives inf."""
+    """Pearson chi-square of observed token tuples (n, m) against ``exact`` (V, ..., V) over
+    m axes, divided by the critical value at a 1e-6 false-alarm rate: > 1 rejects. A tuple of
+    probability 0 gives inf."""
     n = len(pairs)
-    observed = np.zeros((V, V))
-    np.add.at(observed, (pairs[:, 0], pairs[:, 1]), 1)
+    observed = np.zeros(exact.shape)
+    np.add.at(observed, tuple(pairs.T), 1)
     if observed[exact == 0].sum() > 0:
         return math.inf
     expected = n * exact
@@ -120,6 +121,38 @@ def test_first_two_tokens_follow_the_target_distribution(cfg, k):
         assert chi_square_excess(pairs[i::2], exact_pairs(list(prompt), cfg)) < 1.0
     # The draft really differs from the target: rejections (residual draws) happen.
     assert 0 < res.accepted < res.proposed
+
+
+# Several rounds: the first four tokens of a 4-token vocabulary (256 sequences), with one
+# or two drafts per round, so that later rounds start after an accepted run, a bonus token
+# or a residual draw, from where the caches were rolled back; a round that reused an earlier
+# round's random numbers, or lost track of where it stands, would skew the joint law.
+TARGET4 = TinyLM(vocab_size=4, d_model=16, seed=21)
+DRAFT4 = TinyLM(vocab_size=4, d_model=16, seed=22)
+
+
+def exact_sequences(prompt, cfg, length) -> np.ndarray:
+    """P(first ``length`` tokens = t_1..t_length) under TARGET4 alone, (4,) * length."""
+    probs = np.ones(())
+    for _ in range(length):
+        nxt = np.array([next_probs(TARGET4, prompt + list(seq), cfg)
+                        for seq in np.ndindex(probs.shape)])                    # [4^i, 4]
+        probs = (probs.reshape(-1, 1) * nxt).reshape(probs.shape + (4,))
+    return probs
+
+
+@pytest.mark.parametrize("cfg, k", [(CONFIGS[0], 1), (CONFIGS[0], 2), (CONFIGS[1], 2)],
+                         ids=["T1-k1", "T1-k2", "T0.7-top3-k2"])
+def test_four_tokens_over_several_rounds_follow_the_target_distribution(cfg, k):
+    prompt, runs = [1, 2, 3], 8000
+    res = speculative_sample(TARGET4, DRAFT4, [prompt] * runs, num_draft_tokens=k,
+                             max_new_tokens=4, temperature=cfg[0], top_k=cfg[1],
+                             top_p=cfg[2], seed=list(range(runs)))
+    seqs = np.array([g.tokens for g in res.generations])
+    assert seqs.shape == (runs, 4)
+    assert chi_square_excess(seqs, exact_sequences(prompt, cfg, 4)) < 1.0
+    assert 0 < res.accepted < res.proposed
+    assert res.target_calls > 2  # several rounds
 
 
 # -- known wrong variants, which the same check must reject ------------------------------

@@ -3,6 +3,8 @@ KV cache's path for short blocks of queries (decoding steps)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from npdecode.numerics import MASK, part_maxima
@@ -29,7 +31,17 @@ def dense_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, visible: np.nda
         scores *= scale
     np.copyto(scores, MASK, where=~visible if hidden is None else hidden)
     if scores.size >= _MANY_ROWS * W:
-        weights, total = _weights_of_many_rows(scores)
+        unshifted = _unshifted_weights(scores)
+        if unshifted is not None:
+            out = unshifted[0] @ v                                      # [..., tq, Dv]
+            out /= unshifted[1]
+            # Unshifted weights reach e^80 / W in float32: with large values their products
+            # can overflow. Then the shifted weights (at most 1) below, as the definition.
+            if math.isfinite(out.sum()):
+                return out
+        scores -= part_maxima(scores.reshape(-1, W), 1).reshape(*scores.shape[:-1], 1)
+        weights = np.exp(scores, out=scores)
+        total = np.einsum("...j->...", weights)[..., None]
     else:  # on fewer rows the plain reductions cost less than the reshapes around them
         scores -= scores.max(axis=-1, keepdims=True)
         weights = np.exp(scores, out=scores)
@@ -39,35 +51,33 @@ def dense_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, visible: np.nda
     return out
 
 
-def _weights_of_many_rows(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unnormalized softmax weights of scores (..., W) and their sums (..., 1), for many rows.
+def _unshifted_weights(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Unnormalized softmax weights of scores (..., W) and their sums (..., 1), without
+    subtracting each row's max, or None where that is not safe.
 
-    Reductions along the short last axis cost several times more per row than over the
-    flattened rows. Where no score is large enough for exp to overflow, the weights are taken
-    without subtracting each row's max (the same weights up to rounding: the shift cancels in
-    the division), unless that left some row's weights so small that they lost precision, or
-    none (a row whose keys are all hidden); then each row is shifted by its max (in place).
-    einsum's sum is unrolled rather than pairwise: over these few terms its rounding stays
-    within that of the products around it.
+    On many rows, reductions along the short last axis cost several times more per row than
+    over the flattened rows, and the shift by each row's max is one of them. Where no score
+    is large enough for exp, or a row's sum of W weights, to overflow, the weights are taken
+    as they are (the same weights up to rounding: the shift cancels in the division), unless
+    that left some row's weights so small that they lost precision, or none (a row whose
+    keys are all hidden). einsum's sum is unrolled rather than pairwise: over these few
+    terms its rounding stays within that of the products around it.
     """
     low, high = _UNSHIFTED.get(scores.dtype.type, (0.0, -np.inf))
-    if scores.max() < high:
-        weights = np.exp(scores)
-        total = np.einsum("...j->...", weights)[..., None]
-        if total.min() >= low:
-            return weights, total
-    W = scores.shape[-1]
-    scores -= part_maxima(scores.reshape(-1, W), 1).reshape(*scores.shape[:-1], 1)
-    weights = np.exp(scores, out=scores)
-    return weights, np.einsum("...j->...", weights)[..., None]
+    if not scores.max() < high - math.log(scores.shape[-1]):
+        return None
+    weights = np.exp(scores)
+    total = np.einsum("...j->...", weights)[..., None]
+    return (weights, total) if total.min() >= low else None
 
 
 _MANY_ROWS = 256  # score rows from which the reductions over flattened rows pay
 
 # (least weight sum of any row, score bound) for exponentiating scores as they are: below
-# the bound exp cannot overflow; a row whose weights sum to at least the least has its
-# largest weight above 1e-34 (float32) or 1e-300 (float64) at up to 1e4 keys, where every
-# weight that matters to the sum is still a normal number.
+# the bound less log W neither exp nor a row's sum of W weights can overflow; a row whose
+# weights sum to at least the least has its largest weight above 1e-34 (float32) or 1e-300
+# (float64) at up to 1e4 keys, where every weight that matters to the sum is still a normal
+# number.
 _UNSHIFTED = {np.float32: (1e-30, 80.0), np.float64: (1e-295, 700.0)}
 
 

@@ -90,7 +90,9 @@ def flash_attention_fwd(Q: np.ndarray, K: np.ndarray, V: np.ndarray,
     """
     B, H, Nq, D, Nk, Dv = _check_inputs(Q, K, V, tile_size)
     starts = _check_key_start(key_start, B, Nk)
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if not isinstance(causal, (bool, np.bool_)):
+        raise ValueError(f"causal must be True or False, got {causal!r}")
+    scale = 1.0 / math.sqrt(D) if scale is None else _check_scale(scale)
     out = np.empty((B, H, Nq, Dv), dtype=Q.dtype)                  # [B, H, Nq, Dv]
     offset = Nk - Nq                                                # key position of query 0
     for q0 in range(0, Nq, tile_size):
@@ -189,6 +191,15 @@ def _check_inputs(Q: np.ndarray, K: np.ndarray, V: np.ndarray,
             or tile_size < 1:
         raise ValueError(f"tile_size must be an int >= 1, got {tile_size!r}")
     return B, H, Nq, D, Nk, V.shape[3]
+
+
+def _check_scale(scale) -> float:
+    """``scale`` as a float, which must be finite."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)):
+        raise ValueError(f"scale must be a real number, got {scale!r}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale!r} (None: 1 / sqrt(D))")
+    return float(scale)
 
 
 def _check_key_start(key_start: np.ndarray | None, B: int, Nk: int) -> np.ndarray | None:

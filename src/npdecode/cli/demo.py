@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "(greedy equivalence, batch independence, finished beams keeping their "
                     "place, the length penalty's direction) on TinyLM and on scripted models "
                     "whose right answer is known by hand, explaining each in a few lines, "
-                    "then completes name prefixes with the shipped character-level model.")
+                    "then complete name prefixes with the shipped character-level model.")
     p.add_argument("--seed", type=at_least(0), default=0, help="TinyLM weight seed (default 0)")
     p.set_defaults(func=run)
 
