@@ -140,6 +140,58 @@ def test_load_refuses_a_file_without_config(tmp_path):
         CharGPT.load(path)
 
 
+def test_load_refuses_an_empty_file_naming_it(tmp_path):
+    path = tmp_path / "empty.npz"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.npz is not an .npz archive"):
+        CharGPT.load(path)
+
+
+def _save_with_config(model: CharGPT, path, config_text: str):
+    """``model``'s parameters saved as ``save`` would, with ``config_text`` as the config."""
+    np.savez(path, config=np.array(config_text), **model.params)
+    return path
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda c: c.update(dropout=0.1), r"missing \[\], unknown \['dropout'\]"),
+    (lambda c: c.pop("d_ff"), r"missing \['d_ff'\], unknown \[\]"),
+    (lambda c: c.update(n_layers="2"), r"n_layers must be an integer >= 1, got '2'"),
+], ids=["unknown key", "missing key", "bad value"])
+def test_load_checks_the_stored_config_key_by_key(model, tmp_path, edit, match):
+    import json
+    from dataclasses import asdict
+    config = asdict(model.config)
+    edit(config)
+    path = _save_with_config(model, tmp_path / "edited.npz", json.dumps(config))
+    with pytest.raises(ValueError, match=match) as err:
+        CharGPT.load(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("text, match", [("{nope", "not valid JSON"),
+                                         ("[16, 2]", "not a JSON object")])
+def test_load_refuses_a_stored_config_that_is_not_a_json_object(model, tmp_path, text, match):
+    path = _save_with_config(model, tmp_path / "bad.npz", text)
+    with pytest.raises(ValueError, match=match) as err:
+        CharGPT.load(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("tokens", [np.zeros((1, 1)), np.zeros(1, dtype=np.int64),
+                                    np.zeros((1, 1), dtype=bool)], ids=["float", "1-D", "bool"])
+def test_extend_refuses_tokens_that_are_not_a_2d_integer_array(model, tokens):
+    cache = model.new_cache(rows=1, slots=4)
+    model.prefill([[1]], cache)
+    with pytest.raises(ValueError, match=r"tokens must be an integer array \(N, T\)"):
+        model.extend(tokens, cache)
+
+
+def test_forward_refuses_rows_without_tokens(model):
+    with pytest.raises(ValueError, match="at least one token per row"):
+        model.forward(np.zeros((1, 0), dtype=np.int64))
+
+
 # -- tokenizer --------------------------------------------------------------------------------
 
 def test_vocabulary_is_dot_then_a_to_z():

@@ -260,3 +260,99 @@ def test_an_unsupported_activation_is_refused_naming_every_supported_one():
         GPT2(config, {})
     for name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu", "silu"):
         assert repr(name) in str(err.value)
+
+
+def _damage(data: bytes, case: str) -> bytes:
+    """A safetensors file's bytes damaged the way ``case`` says."""
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    return {"empty": b"",
+            "shorter than the length field": data[:5],
+            "header cut short": data[:header_end // 2],
+            "header not JSON": data[:8] + b"\xff" * (header_end - 8) + data[header_end:],
+            "tensor data cut short": data[:-100]}[case]
+
+
+@pytest.mark.parametrize("case", ["empty", "shorter than the length field", "header cut short",
+                                  "header not JSON", "tensor data cut short"])
+def test_a_damaged_safetensors_file_is_refused_naming_it(tmp_path, case):
+    build_checkpoint(tmp_path)
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(_damage(file.read_bytes(), case))
+    with pytest.raises(ValueError, match="is not a valid safetensors file") as err:
+        GPT2.from_pretrained(tmp_path)
+    assert str(file) in str(err.value)
+
+
+@pytest.mark.parametrize("layout, found", [
+    ("sharded", "model.safetensors.index.json"),
+    ("pytorch", "pytorch_model.bin"),
+])
+def test_a_checkpoint_without_a_single_safetensors_file_is_refused_saying_how_to_convert(
+        tmp_path, layout, found):
+    hf = build_checkpoint(tmp_path / "source")
+    ckpt = tmp_path / "ckpt"
+    if layout == "sharded":
+        hf.save_pretrained(ckpt, max_shard_size="20KB")
+    else:  # what save_pretrained(safe_serialization=False) wrote before transformers 5
+        ckpt.mkdir()
+        (ckpt / "config.json").write_text((tmp_path / "source" / "config.json").read_text())
+        torch.save(hf.state_dict(), ckpt / "pytorch_model.bin")
+    assert (ckpt / found).is_file() and not (ckpt / "model.safetensors").exists()
+    with pytest.raises(ValueError, match=f"has no model.safetensors: it holds {found}") as err:
+        GPT2.from_pretrained(ckpt)
+    assert "save_pretrained(out, max_shard_size='100GB')" in str(err.value)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("n_head", 0, r"n_head must be an integer >= 1, got 0"),
+    ("n_layer", "2", r"n_layer must be an integer >= 1, got '2'"),
+    ("vocab_size", 97.0, r"vocab_size must be an integer >= 1, got 97.0"),
+    ("n_embd", True, r"n_embd must be an integer >= 1, got True"),
+    ("n_inner", -1, r"n_inner must be an integer >= 1, got -1"),
+    ("n_head", 5, r"n_embd 32 is not divisible by n_head 5"),
+    ("layer_norm_epsilon", "x", r"layer_norm_epsilon must be a finite number > 0, got 'x'"),
+    ("layer_norm_epsilon", 0.0, r"layer_norm_epsilon must be a finite number > 0, got 0.0"),
+    ("activation_function", ["relu"], r"activation_function must be a string"),
+    ("tie_word_embeddings", "yes", r"tie_word_embeddings must be true or false, got 'yes'"),
+])
+def test_a_config_value_of_the_wrong_type_or_range_is_refused_naming_key_value_and_file(
+        tmp_path, key, value, match):
+    path = _edited_checkpoint(tmp_path, edit_config=lambda c: c.update({key: value}))
+    with pytest.raises(ValueError, match=match) as err:
+        GPT2.from_pretrained(path)
+    assert str(path / "config.json") in str(err.value)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("", "is not valid JSON"),
+    ('{"n_embd": 32,', "is not valid JSON"),
+    ("[1, 2]", "must hold a JSON object of GPT-2 settings, got a list"),
+])
+def test_a_config_json_that_is_not_a_json_object_is_refused_naming_it(tmp_path, text, match):
+    build_checkpoint(tmp_path)
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=match) as err:
+        GPT2.from_pretrained(tmp_path)
+    assert str(tmp_path / "config.json") in str(err.value)
+
+
+@pytest.mark.parametrize("tokens", [np.zeros((1, 3)), np.zeros(3, dtype=np.int64),
+                                    np.zeros((1, 3, 1), dtype=np.int64),
+                                    np.zeros((1, 3), dtype=bool), np.array([["a", "b"]])],
+                         ids=["float", "1-D", "3-D", "bool", "str"])
+def test_forward_and_extend_refuse_tokens_that_are_not_a_2d_integer_array(tmp_path, tokens):
+    build_checkpoint(tmp_path)
+    model = GPT2.from_pretrained(tmp_path, dtype=np.float64)
+    with pytest.raises(ValueError, match=r"token_ids must be an integer array \(N, T\)"):
+        model.forward(tokens)
+    cache = model.new_cache(1, 8)
+    model.prefill([[5]], cache)
+    with pytest.raises(ValueError, match=r"tokens must be an integer array \(N, T\)"):
+        model.extend(tokens, cache)
+
+
+def test_forward_refuses_rows_without_tokens(tmp_path):
+    build_checkpoint(tmp_path)
+    model = GPT2.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="at least one token per row"):
+        model.forward(np.zeros((2, 0), dtype=np.int64))

@@ -258,3 +258,40 @@ def test_models_compute_in_float32_or_float64_only(dtype):
         TinyLM(vocab_size=10, d_model=4, seed=0, dtype=dtype)
     with pytest.raises(ValueError, match="dtype must be float32 or float64"):
         load_draft(dtype=dtype)
+
+
+@pytest.mark.parametrize("ids", [
+    np.array([[1.0, 2.0]]),                  # floats, even whole ones
+    np.array([[True, False]]),               # bools
+    np.array([1, 2]),                        # one dimension
+    np.array([[[1, 2]]]),                    # three
+    np.array(3),                             # none
+    np.array([["a", "b"]]),
+])
+@pytest.mark.parametrize("call", ["forward", "extend"])
+def test_token_ids_must_be_an_integer_array_of_rows(call, ids):
+    model = TinyLM(vocab_size=10, d_model=4, seed=0)
+    name = "token_ids" if call == "forward" else "tokens"
+    message = f"{name} must be an integer array (N, T), got {ids.dtype} of shape {ids.shape}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        if call == "forward":
+            model.forward(ids)
+        else:
+            cache = model.new_cache(1, 8)
+            model.prefill([[1, 2]], cache)
+            model.extend(ids, cache)
+
+
+def test_forward_needs_a_token_in_every_row():
+    model = TinyLM(vocab_size=10, d_model=4, seed=0)
+    with pytest.raises(ValueError, match=re.escape("at least one token per row (the logits are "
+                                                   "the last position's), got token_ids of "
+                                                   "shape (2, 0)")):
+        model.forward(np.zeros((2, 0), dtype=np.int64))
+
+
+@pytest.mark.parametrize("prompt", [[1.0, 2.0], [1.5], [True, False], [[1, 2]]])
+def test_prefill_refuses_prompts_that_are_not_integer_ids(prompt):
+    model = TinyLM(vocab_size=10, d_model=4, seed=0)
+    with pytest.raises(ValueError, match="prompt 1 must be a sequence of integer token ids"):
+        model.prefill([[3, 4], prompt], model.new_cache(2, 8))

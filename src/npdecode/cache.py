@@ -152,6 +152,12 @@ class KVCache:
         """Store ``k``, ``v`` of shape (n, H, t, Dh) at each row's next ``t`` slots."""
         n, _, t, _ = k.shape
         self._check_rows(n)
+        if k.dtype != self._buf.dtype or v.dtype != self._buf.dtype:
+            # Storing would round (or widen) every key and value: the cached logits would
+            # no longer be the model's.
+            got = k.dtype if k.dtype != self._buf.dtype else v.dtype
+            raise ValueError(f"the KV cache holds {self._buf.dtype} but the model computes in "
+                             f"{got}: make the cache with the model's new_cache")
         if n == 0:
             return
         _, e = self._bounds()
@@ -242,12 +248,13 @@ class KVCache:
             self._common += t
 
     def reorder(self, parents: np.ndarray) -> None:
-        """Make row i a copy of old row ``parents[i]`` (rows may repeat, vanish, or grow).
+        """Make row i a copy of old row ``parents[i]`` (rows may repeat, vanish, or grow);
+        every parent must be a row in use, 0..n-1.
 
         Only the filled slot range is copied. ``fork`` does the same job for beam search
         with far fewer copies, by letting rows stay where they are.
         """
-        parents = np.asarray(parents, dtype=np.int64)
+        parents = self._check_parents(parents, "reorder")
         m = len(parents)
         if m > self.k.shape[1]:
             raise ValueError(f"cache holds {self.k.shape[1]} rows; reorder asked for {m}")
@@ -270,7 +277,11 @@ class KVCache:
         rows nobody kept. Returns ``new_perm``: sequence i lives in cache row ``new_perm[i]``,
         a permutation of 0..len(parents)-1. Beam search keeps most beams' rows this way.
         """
-        src = np.asarray(perm, dtype=np.int64)[np.asarray(parents, dtype=np.int64)]  # [m]
+        perm = np.asarray(perm, dtype=np.int64)
+        if len(perm) != self.n:
+            raise ValueError(f"fork got a perm of {len(perm)} rows for a cache holding {self.n} "
+                             f"sequences: pass the perm the last fork returned")
+        src = perm[self._check_parents(parents, "fork")]                       # [m]
         m = len(src)
         if m > self.k.shape[1]:
             raise ValueError(f"cache holds {self.k.shape[1]} rows; fork asked for {m}")
@@ -300,6 +311,30 @@ class KVCache:
         self._changed()
         self._lo, self._common = (int(self.start[:m].min()) if m else 0), e
         return new_perm
+
+    def _check_parents(self, parents: np.ndarray, call: str) -> np.ndarray:
+        """``parents`` as a 1-D int64 array of rows in use (0 .. n-1), else ValueError.
+        NumPy indexing would wrap a negative parent and read a row past n unasked."""
+        parents = np.asarray(parents)
+        if parents.ndim != 1 or parents.dtype.kind not in "iu":
+            if parents.ndim == 1 and not parents.size:  # [] is float64 for NumPy: no rows
+                return parents.astype(np.int64)
+            raise ValueError(f"{call} takes parents as a 1-D integer array, got "
+                             f"{parents.dtype} of shape {parents.shape}")
+        parents = parents.astype(np.int64, copy=False)
+        if not parents.size:
+            return parents
+        # Seen as unsigned, a negative parent is huge: one max finds both kinds of bad parent.
+        unsigned = parents.view(np.uint64)
+        if parents.size <= _FEW_ROWS:  # plain Python is cheaper than a reduction here
+            top = max(unsigned.tolist())
+        else:
+            top = int(unsigned.max())
+        if top >= self.n:
+            bad = int(parents[(parents < 0) | (parents >= self.n)][0])
+            raise ValueError(f"{call} got parent {bad}, not one of the {self.n} rows in use: "
+                             f"parents must be in 0..{self.n - 1}")
+        return parents
 
     def _copy_rows(self, to: np.ndarray, frm: np.ndarray, first: np.ndarray, hi: int) -> None:
         """kv of row to[i] = kv of row frm[i] over slots first[i]..hi-1, for every i."""

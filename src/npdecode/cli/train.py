@@ -48,9 +48,8 @@ EPILOG = _recipes_text() + """
 
 A recipe's full run takes minutes (the target about 2 on an idle core, more under load). On
 a terminal a progress bar shows the step, the loss and the time left; when the output goes to
-a pipe or a file, a line every 10% of the steps gives the step, the loss, the time so far and the time
-left.
-The loss shown is a moving average of the minibatch losses.
+a pipe or a file, a line every 10% of the steps gives the step, the loss, the time so far and
+the time left. The loss shown is a moving average of the minibatch losses.
 
 If the loss becomes NaN or infinite (training diverged, usually from too high a --lr), the
 command stops and writes no weights.

@@ -12,9 +12,10 @@ cached path and agree with it to 1e-10 in float64.
 from __future__ import annotations
 
 import json
+import os
 import zipfile
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +23,8 @@ import numpy as np
 
 from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
-from npdecode.models.protocol import check_token_ids, model_dtype, prefill_with_extend
+from npdecode.models.protocol import (check_token_ids, forward_ids, model_dtype,
+                                      prefill_with_extend)
 
 EPS = 1e-5  # RMSNorm: keeps 1/rms finite for an all-zero vector
 
@@ -163,7 +165,7 @@ class CharGPT:
 
     def forward(self, token_ids: np.ndarray) -> np.ndarray:
         """token_ids (N, T) -> logits (N, V) of each row's last position (T <= max_context)."""
-        return self.logits_all(token_ids)[:, -1]
+        return self.logits_all(forward_ids(token_ids, self.vocab_size))[:, -1]
 
     def _mlp(self, x: np.ndarray, i: int) -> np.ndarray:
         p = self.params
@@ -175,14 +177,10 @@ class CharGPT:
         return linear(rmsnorm(x, p["norm_f"]), p["lm_head"]) + p["lm_bias"]  # [..., V]
 
     def _check_ids(self, token_ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(token_ids)
-        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"token_ids must be an int array (N, T), got {ids.dtype} "
-                             f"{ids.shape}")
+        ids = check_token_ids(token_ids, self.vocab_size)
         if ids.shape[1] > self.max_context:
             raise ValueError(f"sequences of {ids.shape[1]} tokens exceed the model's context "
                              f"of {self.max_context}")
-        check_token_ids(ids, self.vocab_size)
         return ids
 
     # -- the cached protocol --------------------------------------------------------------
@@ -199,8 +197,7 @@ class CharGPT:
 
     def extend(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
         """Append tokens (n, t) to cache rows 0..n-1; return their logits (n, t, V)."""
-        tokens = np.asarray(tokens)
-        check_token_ids(tokens, self.vocab_size)
+        tokens = check_token_ids(tokens, self.vocab_size, "tokens")
         cfg, p = self.config, self.params
         n, t = tokens.shape
         H, Dh = cfg.n_heads, cfg.head_dim
@@ -232,21 +229,50 @@ class CharGPT:
 
     @classmethod
     def load(cls, path, *, dtype=np.float64) -> "CharGPT":
-        """Read a model written by ``save``; ``path`` is a file path or a binary file object."""
+        """Read a model written by ``save``; ``path`` is a file path or a binary file object.
+
+        Anything else (not an .npz archive, a damaged one, a config that is not the JSON of
+        every ``CharGPTConfig`` field) is refused with a ValueError naming the file.
+        """
+        name = path if isinstance(path, (str, os.PathLike)) else getattr(path, "name", path)
         try:
             archive = np.load(path, allow_pickle=False)
         except OSError as err:
-            raise ValueError(f"cannot read a CharGPT model from {path}: {err}") from None
-        except (ValueError, zipfile.BadZipFile):
-            raise ValueError(f"{path} is not an .npz archive written by CharGPT.save") from None
+            raise ValueError(f"cannot read a CharGPT model from {name}: {err}") from None
+        except (ValueError, EOFError, zipfile.BadZipFile):  # EOFError: an empty file
+            raise ValueError(f"{name} is not an .npz archive written by CharGPT.save") from None
+        if not isinstance(archive, np.lib.npyio.NpzFile):  # a lone .npy array
+            raise ValueError(f"{name} is not an .npz archive written by CharGPT.save")
         try:
             with archive as f:
                 if "config" not in f.files:
-                    raise ValueError(f"{path} holds no CharGPT config; was it written by "
+                    raise ValueError(f"{name} holds no CharGPT config; was it written by "
                                      f"CharGPT.save?")
-                config = CharGPTConfig(**json.loads(str(f["config"])))
-                params = {name: f[name] for name in f.files if name != "config"}
+                text = f["config"]
+                params = {key: f[key] for key in f.files if key != "config"}
         except (zipfile.BadZipFile, zlib.error, EOFError) as err:
-            raise ValueError(f"{path} is damaged (a truncated or corrupt .npz archive: "
+            raise ValueError(f"{name} is damaged (a truncated or corrupt .npz archive: "
                              f"{err})") from None
-        return cls(config, params, dtype=dtype)
+        return cls(_config_from_json(text, name), params, dtype=dtype)
+
+
+def _config_from_json(text: np.ndarray, name) -> CharGPTConfig:
+    """The config stored by ``CharGPT.save`` (a 0-d string array of JSON), checked key by key;
+    ``name`` is the file, for error messages."""
+    try:
+        settings = json.loads(str(text)) if text.dtype.kind == "U" else None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name}: the stored config is not valid JSON ({err})") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{name}: the stored config is not a JSON object of CharGPTConfig "
+                         f"fields; was the file written by CharGPT.save?")
+    keys = [field.name for field in fields(CharGPTConfig)]
+    missing = [k for k in keys if k not in settings]
+    unknown = sorted(k for k in settings if k not in keys)
+    if missing or unknown:
+        raise ValueError(f"{name}: the stored config must have exactly the keys {keys}; "
+                         f"missing {missing}, unknown {unknown}")
+    try:
+        return CharGPTConfig(**settings)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None

@@ -25,7 +25,8 @@ import numpy as np
 
 from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
-from npdecode.models.protocol import check_token_ids, left_pad, model_dtype
+from npdecode.models.protocol import (check_token_ids, forward_ids, left_pad, model_dtype,
+                                      token_array)
 
 
 @dataclass(frozen=True)
@@ -44,18 +45,48 @@ class GPT2Config:
     scale_attn_weights: bool = True           # divide scores by sqrt(head_dim)
     scale_attn_by_inverse_layer_idx: bool = False  # and by (layer index + 1)
 
+    def __post_init__(self):
+        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner"):
+            value = getattr(self, name)
+            if value is None and name == "n_inner":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        eps = self.layer_norm_epsilon
+        if (isinstance(eps, bool) or not isinstance(eps, (int, float))
+                or not math.isfinite(eps) or eps <= 0):
+            raise ValueError(f"layer_norm_epsilon must be a finite number > 0, got {eps!r}")
+        if not isinstance(self.activation_function, str):
+            raise ValueError(f"activation_function must be a string such as 'gelu_new', got "
+                             f"{self.activation_function!r}")
+        for name in ("tie_word_embeddings", "scale_attn_weights",
+                     "scale_attn_by_inverse_layer_idx"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+
     @classmethod
-    def from_dict(cls, d: Mapping) -> "GPT2Config":
-        """Build from a parsed HuggingFace config.json (unknown keys are ignored)."""
+    def from_dict(cls, d: Mapping, *, source: str = "config.json") -> "GPT2Config":
+        """Build from a parsed HuggingFace config.json (unknown keys are ignored).
+
+        ``source`` names the file in error messages.
+        """
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{source} must hold a JSON object of GPT-2 settings, got a "
+                             f"{type(d).__name__}")
         if d.get("model_type", "gpt2") != "gpt2":
-            raise ValueError(f"config.json is for a {d['model_type']!r} model; GPT2 loads "
+            raise ValueError(f"{source} is for a {d['model_type']!r} model; GPT2 loads "
                              f"GPT-2 checkpoints (model_type 'gpt2') only")
         required = ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")
         missing = [k for k in required if d.get(k) is None]
         if missing:
-            raise ValueError(f"config.json lacks {missing}; is this a GPT-2 checkpoint?")
+            raise ValueError(f"{source} lacks {missing}; is this a GPT-2 checkpoint?")
         # null in config.json means "the default" (n_inner: 4 * n_embd).
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if d.get(k) is not None})
+        try:
+            return cls(**{k: d[k] for k in cls.__dataclass_fields__ if d.get(k) is not None})
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}; fix the value in the file") from None
 
 
 # GELU's tanh approximation (GPT-2's "gelu_new"), 0.5 x (1 + tanh(c (x + 0.044715 x^3))) with
@@ -149,27 +180,52 @@ def fold_layer_norm(g: np.ndarray, b: np.ndarray, w: np.ndarray, c: np.ndarray,
 
 def load_safetensors(file: Path) -> dict[str, np.ndarray]:
     """Every tensor of a .safetensors file as a NumPy array. bfloat16 tensors, which NumPy
-    has no type for, come back as float32 (exactly: bfloat16 is float32's upper half)."""
+    has no type for, come back as float32 (exactly: bfloat16 is float32's upper half).
+
+    A file that is not a complete safetensors file (empty, truncated, a damaged header) is
+    refused with a ValueError naming it.
+    """
     try:
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
     except ImportError as e:  # an optional extra
         raise ImportError("loading GPT-2 weights needs safetensors: pip install safetensors, "
                           "or in a clone of npdecode: python -m pip install '.[hf]'") from e
+
+    def damaged(problem: str) -> ValueError:
+        return ValueError(f"{file} is not a valid safetensors file: {problem}; save the model "
+                          f"again (save_pretrained) or download the file again")
+
     with open(file, "rb") as f:  # the header: 8 bytes of length, then JSON
-        header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        size = f.read(8)
+        if len(size) < 8:
+            raise damaged(f"{len(size)} bytes long, shorter than the 8-byte header length")
+        length = int.from_bytes(size, "little")
+        text = f.read(length)
+        if len(text) < length:
+            raise damaged(f"the header should be {length} bytes but the file ends after "
+                          f"{len(text)} of them (truncated)")
+        try:
+            header = json.loads(text)
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise damaged(f"its header is not JSON ({err})") from None
+        if not isinstance(header, dict):
+            raise damaged("its header is not a JSON object")
         data_start = f.tell()
         out = {}
-        with safe_open(str(file), framework="numpy") as st:
-            for name in st.keys():
-                info = header[name]
-                if info["dtype"] != "BF16":
-                    out[name] = st.get_tensor(name)
-                    continue
-                begin, end = info["data_offsets"]
-                f.seek(data_start + begin)
-                half = np.frombuffer(f.read(end - begin), dtype="<u2")
-                out[name] = (half.astype(np.uint32) << 16).view(np.float32).reshape(
-                    info["shape"])
+        try:
+            with safe_open(str(file), framework="numpy") as st:
+                for name in st.keys():
+                    info = header[name]
+                    if info["dtype"] != "BF16":
+                        out[name] = st.get_tensor(name)
+                        continue
+                    begin, end = info["data_offsets"]
+                    f.seek(data_start + begin)
+                    half = np.frombuffer(f.read(end - begin), dtype="<u2")
+                    out[name] = (half.astype(np.uint32) << 16).view(np.float32).reshape(
+                        info["shape"])
+        except SafetensorError as err:  # e.g. tensor data cut short, bad offsets or dtypes
+            raise damaged(str(err)) from None
     return out
 
 
@@ -185,6 +241,24 @@ def _tensor(weights: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]
     return w
 
 
+def _weights_file(path: Path) -> Path:
+    """``path/model.safetensors``, or a ValueError naming the formats found instead."""
+    file = path / "model.safetensors"
+    if file.is_file():
+        return file
+    others = [name for name in ("model.safetensors.index.json", "pytorch_model.bin",
+                                "pytorch_model.bin.index.json", "tf_model.h5",
+                                "flax_model.msgpack") if (path / name).exists()]
+    found = (f"it holds {', '.join(others)}, which GPT2 does not read"
+             if others else "it holds no weights file")
+    raise ValueError(
+        f"{path} has no model.safetensors: {found}. GPT2.from_pretrained reads one unsharded "
+        f"model.safetensors only (not sharded checkpoints or pytorch_model.bin); convert with "
+        f"transformers: GPT2LMHeadModel.from_pretrained(path).save_pretrained(out, "
+        f"max_shard_size='100GB'), which writes one model.safetensors (transformers before "
+        f"4.35 also needs safe_serialization=True)")
+
+
 class GPT2:
     """GPT-2 language model over NumPy arrays.
 
@@ -194,9 +268,7 @@ class GPT2:
     """
 
     def __init__(self, config: GPT2Config, weights: Mapping[str, np.ndarray], dtype=np.float32):
-        c = config
-        if c.n_embd % c.n_head:
-            raise ValueError(f"n_embd {c.n_embd} is not divisible by n_head {c.n_head}")
+        c = config  # its fields were checked by GPT2Config
         supported = ACTIVATIONS.keys() | SCALED_ACTIVATIONS.keys()
         if c.activation_function not in supported:
             raise ValueError(f"activation_function {c.activation_function!r} is not supported; "
@@ -237,11 +309,27 @@ class GPT2:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype=np.float32) -> "GPT2":
-        """Load ``path/config.json`` and ``path/model.safetensors`` (HuggingFace layout)."""
+        """Load ``path/config.json`` and ``path/model.safetensors`` (HuggingFace layout).
+
+        Only an unsharded ``model.safetensors`` is read: a sharded checkpoint
+        (``model.safetensors.index.json``) or PyTorch pickles (``pytorch_model.bin``) are
+        refused with a ValueError saying how to convert them.
+        """
         path = Path(path)
         model_dtype(dtype)  # refused before anything is read
-        config = GPT2Config.from_dict(json.loads((path / "config.json").read_text()))
-        raw = load_safetensors(path / "model.safetensors")
+        if not path.is_dir():
+            raise ValueError(f"{path} is not a directory; GPT2.from_pretrained needs a "
+                             f"HuggingFace GPT-2 directory (config.json + model.safetensors)")
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise ValueError(f"{path} has no config.json; GPT2.from_pretrained needs a "
+                             f"HuggingFace GPT-2 directory (config.json + model.safetensors)")
+        try:
+            settings = json.loads(config_file.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{config_file} is not valid JSON: {err}") from None
+        config = GPT2Config.from_dict(settings, source=str(config_file))
+        raw = load_safetensors(_weights_file(path))
         weights = {k.removeprefix("transformer."): v for k, v in raw.items()}
         return cls(config, weights, dtype=dtype)
 
@@ -338,7 +426,7 @@ class GPT2:
 
     def forward(self, token_ids: np.ndarray) -> np.ndarray:
         """token_ids (N, T) -> logits (N, V) of the last position (positions 0..T-1)."""
-        ids = np.asarray(token_ids)
+        ids = forward_ids(token_ids, self.vocab_size)
         n, t = ids.shape
         x = self._embed(ids, np.broadcast_to(np.arange(t), (n, t)))    # [N, T, d]
         visible = causal_mask(t)                                        # [T, T]
@@ -367,11 +455,11 @@ class GPT2:
 
     def extend(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
         """Append tokens (n, t) to cache rows 0..n-1; return their logits (n, t, V)."""
+        tokens = token_array(tokens, "tokens")   # (the ids' range: in _embed)
         return self._head(self._through_cache(tokens, cache))           # [n, t, V]
 
     def _through_cache(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
-        """Run tokens (n, t) through the blocks with the cache; the final states (n, t, d)."""
-        tokens = np.asarray(tokens)
+        """Run int tokens (n, t) through the blocks with the cache; the final states (n, t, d)."""
         n, t = tokens.shape
         # Each row counts positions from its own first real token; padding slots sit before it
         # (negative positions), are never attended to, and just need a valid embedding row.

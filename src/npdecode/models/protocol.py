@@ -76,10 +76,31 @@ def model_dtype(dtype: object) -> np.dtype:
     return dt
 
 
-def check_token_ids(ids: np.ndarray, vocab_size: int) -> None:
-    """Refuse token ids outside [0, vocab_size) (NumPy indexing would wrap negative ones)."""
+def token_array(tokens, name: str = "token_ids") -> np.ndarray:
+    """``tokens`` as an integer array (N, T), or a ValueError naming ``name``."""
+    ids = np.asarray(tokens)
+    if ids.ndim != 2 or ids.dtype.kind not in "iu":  # bools and floats too: not token ids
+        raise ValueError(f"{name} must be an integer array (N, T), got {ids.dtype} of shape "
+                         f"{ids.shape}")
+    return ids
+
+
+def forward_ids(token_ids, vocab_size: int) -> np.ndarray:
+    """``check_token_ids`` for ``forward``, whose logits are the last position's: every
+    row needs a token."""
+    ids = check_token_ids(token_ids, vocab_size)
+    if not ids.shape[1]:
+        raise ValueError(f"forward needs at least one token per row (the logits are the last "
+                         f"position's), got token_ids of shape {ids.shape}")
+    return ids
+
+
+def check_token_ids(tokens, vocab_size: int, name: str = "token_ids") -> np.ndarray:
+    """``token_array(tokens, name)``, refused unless every id is in [0, vocab_size) (NumPy
+    indexing would wrap negative ones)."""
+    ids = token_array(tokens, name)
     if not ids.size:
-        return
+        return ids
     if ids.size <= 64:  # a decoding step's few ids: plain Python is cheaper than two reductions
         flat = ids.ravel().tolist()
         lo, hi = min(flat), max(flat)
@@ -87,6 +108,7 @@ def check_token_ids(ids: np.ndarray, vocab_size: int) -> None:
         lo, hi = ids.min(), ids.max()
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"token ids must be in [0, {vocab_size}), got {int(lo if lo < 0 else hi)}")
+    return ids
 
 
 def vocab_size_of(model: object) -> int | None:
@@ -106,10 +128,15 @@ def prefill_with_extend(model: CachedLM, prompts: Sequence[Sequence[int]], cache
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Prompts -> (ids (N, T) right-aligned, lengths (N,)). Padding slots hold ``pad_id``."""
+    """Prompts -> (ids (N, T) right-aligned, lengths (N,)). Padding slots hold ``pad_id``.
+    A prompt that is not a sequence of integers is refused (it would be cast silently)."""
     lengths = np.array([len(p) for p in prompts], dtype=np.int64)
     width = int(lengths.max()) if len(prompts) else 0
     ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = p
+        row = np.asarray(p)
+        if row.ndim != 1 or (row.size and row.dtype.kind not in "iu"):
+            raise ValueError(f"prompt {i} must be a sequence of integer token ids, got "
+                             f"{row.dtype} of shape {row.shape}")
+        ids[i, width - len(p):] = row
     return ids, lengths
