@@ -23,8 +23,8 @@ import numpy as np
 
 from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
-from npdecode.models.protocol import (check_token_ids, forward_ids, model_dtype,
-                                      prefill_with_extend)
+from npdecode.models.protocol import (check_token_ids, model_dtype, prefill_with_extend,
+                                      token_array)
 
 EPS = 1e-5  # RMSNorm: keeps 1/rms finite for an all-zero vector
 
@@ -165,7 +165,7 @@ class CharGPT:
 
     def forward(self, token_ids: np.ndarray) -> np.ndarray:
         """token_ids (N, T) -> logits (N, V) of each row's last position (T <= max_context)."""
-        return self.logits_all(forward_ids(token_ids, self.vocab_size))[:, -1]
+        return self.logits_all(token_array(token_ids, forward=True))[:, -1]  # (range: logits_all)
 
     def _mlp(self, x: np.ndarray, i: int) -> np.ndarray:
         p = self.params

@@ -25,8 +25,7 @@ import numpy as np
 
 from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
-from npdecode.models.protocol import (check_token_ids, forward_ids, left_pad, model_dtype,
-                                      token_array)
+from npdecode.models.protocol import check_token_ids, left_pad, model_dtype, token_array
 
 
 @dataclass(frozen=True)
@@ -426,7 +425,7 @@ class GPT2:
 
     def forward(self, token_ids: np.ndarray) -> np.ndarray:
         """token_ids (N, T) -> logits (N, V) of the last position (positions 0..T-1)."""
-        ids = forward_ids(token_ids, self.vocab_size)
+        ids = token_array(token_ids, forward=True)     # (the ids' range: in _embed)
         n, t = ids.shape
         x = self._embed(ids, np.broadcast_to(np.arange(t), (n, t)))    # [N, T, d]
         visible = causal_mask(t)                                        # [T, T]

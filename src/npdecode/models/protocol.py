@@ -76,29 +76,24 @@ def model_dtype(dtype: object) -> np.dtype:
     return dt
 
 
-def token_array(tokens, name: str = "token_ids") -> np.ndarray:
-    """``tokens`` as an integer array (N, T), or a ValueError naming ``name``."""
+def token_array(tokens, name: str = "token_ids", *, forward: bool = False) -> np.ndarray:
+    """``tokens`` as an integer array (N, T), or a ValueError naming ``name``. For
+    ``forward``, whose logits are the last position's, every row needs a token."""
     ids = np.asarray(tokens)
     if ids.ndim != 2 or ids.dtype.kind not in "iu":  # bools and floats too: not token ids
         raise ValueError(f"{name} must be an integer array (N, T), got {ids.dtype} of shape "
                          f"{ids.shape}")
-    return ids
-
-
-def forward_ids(token_ids, vocab_size: int) -> np.ndarray:
-    """``check_token_ids`` for ``forward``, whose logits are the last position's: every
-    row needs a token."""
-    ids = check_token_ids(token_ids, vocab_size)
-    if not ids.shape[1]:
+    if forward and not ids.shape[1]:
         raise ValueError(f"forward needs at least one token per row (the logits are the last "
-                         f"position's), got token_ids of shape {ids.shape}")
+                         f"position's), got {name} of shape {ids.shape}")
     return ids
 
 
-def check_token_ids(tokens, vocab_size: int, name: str = "token_ids") -> np.ndarray:
-    """``token_array(tokens, name)``, refused unless every id is in [0, vocab_size) (NumPy
-    indexing would wrap negative ones)."""
-    ids = token_array(tokens, name)
+def check_token_ids(tokens, vocab_size: int, name: str = "token_ids", *,
+                    forward: bool = False) -> np.ndarray:
+    """``token_array(tokens, name, forward=forward)``, refused unless every id is in
+    [0, vocab_size) (NumPy indexing would wrap negative ones)."""
+    ids = token_array(tokens, name, forward=forward)
     if not ids.size:
         return ids
     if ids.size <= 64:  # a decoding step's few ids: plain Python is cheaper than two reductions

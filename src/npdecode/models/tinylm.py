@@ -13,7 +13,7 @@ import numpy as np
 
 from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
-from npdecode.models.protocol import (check_int, check_token_ids, forward_ids, model_dtype,
+from npdecode.models.protocol import (check_int, check_token_ids, model_dtype,
                                       prefill_with_extend)
 
 
@@ -61,7 +61,7 @@ class TinyLM:
 
     def forward(self, token_ids: np.ndarray) -> np.ndarray:
         """token_ids (N, T) -> logits (N, V) of the last position."""
-        ids = forward_ids(token_ids, self.vocab_size)
+        ids = check_token_ids(token_ids, self.vocab_size, forward=True)
         x = self.embed[ids]                                   # [N, T, d]
         q, k, v = x @ self.Wq, x @ self.Wk, x @ self.Wv       # [N, T, d] each
         a = dense_attention(q, k, v, causal_mask(ids.shape[1]), self._scale)  # [N, T, d]
