@@ -5,20 +5,22 @@ and clear errors. Expected values come from softmax arithmetic and plain loops w
 
 from __future__ import annotations
 
+import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
 
 from npdecode import TinyLM
 from npdecode.search import processors as P
+from npdecode.search.ngrams import banned_tokens
 from npdecode.search.sampling import Generation, greedy, sample
 from toy_models import FixedLogits, Recording
 
 LOGITS = np.array([2.0, 1.6, 1.1, 0.9, 0.3, -0.2, -1.0, -2.5])  # fixed next-token logits
 N_DRAWS = 10_000
 TOL = 0.01   # the required tolerance; the largest binomial std here is sqrt(.25 / 1e4) = 0.005
-
 
 
 class ForwardOnly:
@@ -80,6 +82,14 @@ def test_top_p_frequencies_match_the_nucleus():
     exact[:size] = p[:size] / p[:size].sum()
     assert 2 <= size < len(p)
     assert_top5_close(frequencies(top_p=top_p), exact)
+
+
+def test_min_p_frequencies_match_the_kept_tokens():
+    p = softmax(LOGITS)
+    min_p = 0.3
+    kept = p >= min_p * p.max()          # tokens at least min_p times the best's probability
+    assert 1 < kept.sum() < len(p)
+    assert_top5_close(frequencies(min_p=min_p), np.where(kept, p, 0.0) / p[kept].sum())
 
 
 def test_penalties_then_temperature_frequencies():
@@ -271,6 +281,33 @@ def test_sample_categorical_never_draws_a_zero_probability_token():
     assert P.sample_categorical(probs, u).tolist() == [1, 1, 3, 3]
 
 
+def test_sample_categorical_refuses_a_row_with_nothing_to_draw():
+    for bad in ([0.0, 0.0, 0.0], [0.5, np.nan, 0.5], [0.5, np.inf, 0.5], [0.7, -0.2, 0.5]):
+        with pytest.raises(ValueError, match="row 1 has no probability"):
+            P.sample_categorical(np.array([[0.2, 0.3, 0.5], bad]), np.array([0.5, 0.5]))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x: P.top_k_filter(x, -1), "k >= 0"),
+    (lambda x: P.top_p_filter(x, 0.0), "0 < p <= 1"),
+    (lambda x: P.top_p_filter(x, float("nan")), "0 < p <= 1"),
+    (lambda x: P.top_p_filter(x, 1.5), "0 < p <= 1"),
+    (lambda x: P.min_p_filter(x, 1.5), "0 <= min_p <= 1"),
+    (lambda x: P.min_p_filter(x, float("nan")), "0 <= min_p <= 1"),
+    (lambda x: P.distribution(x, temperature=1.0, top_p=0.0), "0 < p <= 1"),
+])
+def test_processors_refuse_options_that_would_keep_no_token(call, match):
+    with pytest.raises(ValueError, match=match):
+        call(X)
+
+
+def test_softmax_of_logits_at_the_ends_of_the_float_range_is_silent_and_exact():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = P.softmax(np.array([[1e308, -1e308, 1e308]]))
+    assert got.tolist() == [[0.5, 0.0, 0.5]]
+
+
 # -- greedy and its equivalents ---------------------------------------------------------------
 
 MODEL = TinyLM(vocab_size=30, d_model=16, seed=3)
@@ -406,6 +443,32 @@ def test_no_repeat_ngram_2_never_repeats_a_bigram_prompt_included():
     assert any(repeated_bigram(p + g.tokens) for p, g in zip(prompts, free))  # the check bites
 
 
+def test_banned_tokens_match_enumeration():
+    """Every sequence of up to 8 tokens over 3, n = 1..5: the banned next tokens are those
+    whose n-gram (the last n - 1 tokens, then it) already occurs in the sequence."""
+    for length in range(9):
+        for seq in itertools.product(range(3), repeat=length):
+            for n in range(1, 6):
+                grams = {seq[i:i + n] for i in range(length - n + 1)}
+                want = [t for t in range(3) if length + 1 >= n and (seq + (t,))[-n:] in grams]
+                assert banned_tokens(np.array(seq, dtype=np.int64), n).tolist() == want
+
+
+def test_penalties_and_bans_follow_their_items_when_rows_finish():
+    """Rows drop out of the batch as they finish; each remaining row must keep its own
+    counts and n-gram history, so every prompt decodes alone as in the batch."""
+    small = TinyLM(vocab_size=12, d_model=16, seed=4)
+    prompts = [[1, 2, 1], [3, 3], [5], [7, 8, 9, 10], [0, 6]]
+    kw = dict(max_new_tokens=10, eos_token_id=4)
+    for options in (dict(temperature=0.0, frequency_penalty=0.7, presence_penalty=0.3),
+                    dict(temperature=0.0, no_repeat_ngram_size=2),
+                    dict(temperature=1.2, frequency_penalty=0.7, no_repeat_ngram_size=3)):
+        batch = sample(small, prompts, seed=list(range(len(prompts))), **kw, **options)
+        assert len({len(g.tokens) for g in batch}) > 1   # rows finish at different steps
+        for i, prompt in enumerate(prompts):
+            assert same(sample(small, [prompt], seed=i, **kw, **options), [batch[i]]), options
+
+
 def test_a_row_with_every_token_banned_stops_unfinished():
     gens = sample(FixedLogits([1.0, 2.0, 0.5]), [[0]], max_new_tokens=5, temperature=0.0,
                   no_repeat_ngram_size=1)
@@ -458,9 +521,18 @@ def test_budget_and_eos_semantics_when_sampling():
     assert 0 < sum(g.finished for g in gens) < 200
 
 
+def test_eos_id_0_finishes_a_row():
+    model, kw = FixedLogits([5.0, 0.0, 0.0]), dict(max_new_tokens=4, eos_token_id=0)
+    for g in (greedy(model, [[1]], **kw)[0], sample(model, [[1]], top_k=1, seed=0, **kw)[0]):
+        assert (g.tokens, g.finished) == ([0], True)
+
+
 def test_zero_new_tokens_and_empty_batch():
     assert sample(MODEL, [], max_new_tokens=3) == []
-    assert greedy(MODEL, [[1], [2, 3]], max_new_tokens=0) == [Generation(), Generation()]
+    for decode in (greedy, sample):
+        wrapped = Recording(MODEL)
+        assert decode(wrapped, [[1], [2, 3]], max_new_tokens=0) == [Generation(), Generation()]
+        assert wrapped.log == []   # no model call for no tokens
 
 
 # -- errors -----------------------------------------------------------------------------------
@@ -516,9 +588,7 @@ def test_bad_logits_name_the_batch_item():
         greedy(wrong_width, [[1]], max_new_tokens=1)
 
 
-
 def test_a_tiny_temperature_is_greedy_not_nan():
-    from npdecode import TinyLM, greedy, sample
     m = TinyLM(vocab_size=30, d_model=8, seed=3)
     kw = dict(max_new_tokens=6, eos_token_id=None)
     want = [g.tokens for g in greedy(m, [[1, 2], [3]], **kw)]

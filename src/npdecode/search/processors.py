@@ -23,7 +23,8 @@ FILTERED = -np.inf
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Stable softmax over the last axis, float64: (..., V) -> (..., V). -inf gives 0."""
     x = np.asarray(logits, dtype=np.float64)
-    e = np.exp(x - x.max(axis=-1, keepdims=True))           # [..., V]
+    with np.errstate(over="ignore"):  # x - max below -1.8e308 is -inf: probability 0, as it is
+        e = np.exp(x - x.max(axis=-1, keepdims=True))       # [..., V]
     return e / e.sum(axis=-1, keepdims=True)
 
 
@@ -65,9 +66,11 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
 
 def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
     """Keep the k highest logits of each row (ties: lowest ids first); k = 0 or k >= V keeps all."""
+    if k < 0:
+        raise ValueError(f"top_k_filter needs k >= 0 (0 keeps every token), got {k}")
     x = np.asarray(logits, dtype=np.float64)                 # [N, V]
     n, v = x.shape
-    if k <= 0 or k >= v:
+    if k == 0 or k >= v:
         return x.copy()
     order = np.argsort(-x, axis=1, kind="stable")[:, :k]     # [N, k] best first
     keep = np.zeros((n, v), dtype=bool)
@@ -82,8 +85,10 @@ def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
     a token is kept when the probability of the tokens before it is still below p, so the
     best token is always kept. p = 1 keeps all.
     """
+    if not 0.0 < p <= 1.0:  # p = 0 (or NaN) would keep no token
+        raise ValueError(f"top_p_filter needs 0 < p <= 1 (1 keeps every token), got {p}")
     x = np.asarray(logits, dtype=np.float64)                 # [N, V]
-    if p >= 1.0:
+    if p == 1.0:
         return x.copy()
     n, _ = x.shape
     probs = softmax(x)                                       # [N, V]
@@ -100,8 +105,11 @@ def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
 
 def min_p_filter(logits: np.ndarray, min_p: float) -> np.ndarray:
     """Keep tokens whose probability is at least ``min_p`` times the row's highest probability."""
+    if not 0.0 <= min_p <= 1.0:  # above 1 (or NaN) no token would be kept
+        raise ValueError(f"min_p_filter needs 0 <= min_p <= 1 (0 keeps every token), "
+                         f"got {min_p}")
     x = np.asarray(logits, dtype=np.float64)                 # [N, V]
-    if min_p <= 0.0:
+    if min_p == 0.0:
         return x.copy()
     probs = softmax(x)                                       # [N, V]
     keep = probs >= min_p * probs.max(axis=1, keepdims=True)
@@ -150,13 +158,18 @@ def distribution(logits: np.ndarray, *, temperature: float, top_k: int = 0, top_
 def sample_categorical(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-CDF draw: row i takes the first token whose cumulative probability exceeds u[i].
 
-    ``probs`` (N, V) non-negative rows (need not sum to 1), ``u`` (N,) uniforms in [0, 1).
-    A deterministic function of its inputs, so all randomness stays with the caller's
-    generators. A token of probability 0 is never returned.
+    ``probs`` (N, V) non-negative rows with a positive, finite sum (need not be 1), ``u``
+    (N,) uniforms in [0, 1). A deterministic function of its inputs, so all randomness stays
+    with the caller's generators. A token of probability 0 is never returned.
     """
     probs = np.asarray(probs, dtype=np.float64)               # [N, V]
     n, v = probs.shape
     cdf = np.cumsum(probs, axis=1)                            # [N, V]
+    bad = ~(cdf[:, -1] > 0) | ~np.isfinite(cdf[:, -1]) | (probs < 0).any(axis=1)   # [N]
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"sample_categorical: row {r} has no probability to draw from "
+                         f"(its entries must be non-negative with a positive, finite sum)")
     target = np.asarray(u, dtype=np.float64) * cdf[:, -1]     # [N]
     tok = (cdf <= target[:, None]).sum(axis=1)                # [N] first index with cdf > target
     # Rounding can put u * total at (or past) the last cumulative value; fall back to the
