@@ -169,6 +169,17 @@ def test_load_checks_the_stored_config_key_by_key(model, tmp_path, edit, match):
     assert str(path) in str(err.value)
 
 
+def test_load_names_the_file_of_a_parameter_of_the_wrong_shape(model, tmp_path):
+    import json
+    from dataclasses import asdict
+    path = tmp_path / "reshaped.npz"
+    params = dict(model.params, wte=model.params["wte"][:1])   # one row of the embedding
+    np.savez(path, config=np.array(json.dumps(asdict(model.config))), **params)
+    with pytest.raises(ValueError, match=r"reshaped.npz: .*wte.*shape") as err:
+        CharGPT.load(path)
+    assert str(path) in str(err.value)
+
+
 @pytest.mark.parametrize("text, match", [("{nope", "not valid JSON"),
                                          ("[16, 2]", "not a JSON object")])
 def test_load_refuses_a_stored_config_that_is_not_a_json_object(model, tmp_path, text, match):

@@ -1,5 +1,6 @@
 """The command line: tables for people, clear errors for bad input, --help everywhere."""
 
+import math
 import re
 
 import pytest
@@ -252,6 +253,18 @@ def test_out_of_memory_names_the_commands_own_size_options(monkeypatch, capsys):
         "--beam-width, --vocab-size or --d-model")
 
 
+def test_train_counts_the_parameters_and_adam_state_in_its_memory_check(tmp_path, capsys):
+    # One position, one sequence: the activations are small, but 3 layers of width 40,000 are
+    # about 1.9e10 parameters, 4 float32 copies of them (weights, gradients, Adam's moments)
+    # about 300 GB.
+    assert main(["train", "--d-model", "40000", "--heads", "1", "--layers", "3",
+                 "--d-ff", "256", "--context", "1", "--batch-size", "1", "--dtype", "float32",
+                 "--steps", "1", "--no-progress", "--output", str(tmp_path / "m.npz")]) == 2
+    captured = capsys.readouterr()
+    assert "GiB and this machine has" in captured.err and "--d-model" in captured.err
+    assert "training" not in captured.out
+
+
 def test_train_refuses_a_minibatch_that_cannot_fit_in_memory_before_training(tmp_path, capsys):
     assert main(["train", "--batch-size", str(10**9), "--steps", "1", "--no-progress",
                  "--output", str(tmp_path / "m.npz")]) == 2
@@ -307,13 +320,16 @@ def test_train_refuses_to_write_weights_when_the_validation_loss_is_not_finite(
     assert not (tmp_path / "v.npz").exists()
 
 
+@pytest.mark.parametrize("steps", [20, 19, 25])
 def test_train_prints_a_progress_line_every_tenth_of_the_steps_when_not_on_a_terminal(
-        tmp_path, capsys):
+        tmp_path, capsys, steps):
     # capsys's stdout is not a terminal, as a pipe or a log file is not
-    assert main(["train", "--model", "draft", "--steps", "20", "-o",
+    assert main(["train", "--model", "draft", "--steps", str(steps), "-o",
                  str(tmp_path / "p.npz")]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
-    assert [line.split(":")[0] for line in lines] == [f"step {s}/20" for s in range(2, 21, 2)]
+    # one line at the step that completes each tenth of the steps
+    want = [math.ceil(tenth * steps / 10) for tenth in range(1, 11)]
+    assert [line.split(":")[0] for line in lines] == [f"step {s}/{steps}" for s in want]
     assert all(re.search(r": loss \d+\.\d{3}, \d+ s elapsed", line) for line in lines)
     assert lines[-1].endswith("computing the validation loss")
 

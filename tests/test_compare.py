@@ -37,6 +37,21 @@ def row_value(text: str, label: str) -> str:
     return m.group(1)
 
 
+def table_rows(text: str, columns: int) -> list[list[str]]:
+    """The cells of every row of the printed tables with ``columns`` columns, a cell folded
+    onto more lines joined again (its row's continuation lines have an empty second cell)."""
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│").split("│")]
+        if not line.startswith("│") or len(cells) != columns:
+            continue
+        if cells[1] or not rows:
+            rows.append(cells)
+        else:
+            rows[-1] = [a + b for a, b in zip(rows[-1], cells)]
+    return rows
+
+
 def test_diversity_counts_distinct_continuations():
     outs = [compare.Output([1, 0], -1.0), compare.Output([1, 0], -2.0),
             compare.Output([2, 3, 0], -4.5)]
@@ -101,7 +116,8 @@ def test_compare_runs_on_the_shipped_models(capsys):
     from npdecode.cli import main
     assert main(["compare"]) == 0
     text = capsys.readouterr().out
-    assert "em" in text and "jo" in text and "wall-time ratio" in text
+    assert {row[0] for row in table_rows(text, 5)} == {"em", "jo"}   # the default prefixes
+    assert "wall-time ratio" in text
 
 
 def test_a_target_too_short_for_the_diversity_prefixes_is_refused(tmp_path):
@@ -127,3 +143,54 @@ def test_compare_says_which_models_it_ran(small_models, capsys):
     assert f"target: {target} ({t.num_params:,} parameters, context {t.max_context})" in words
     assert f"draft: {draft} ({d.num_params:,} parameters, context {d.max_context})" in words
     assert "(empty)" in text  # an empty prefix is shown as such, not as a blank cell
+
+
+def test_table_one_shows_each_strategys_own_name_and_logprob_uncut(monkeypatch, capsys):
+    """On an 80-column terminal, against direct calls of the library on the shipped models
+    (greedy, beam search and speculative sampling; the sampling rows share their code)."""
+    import numpy as np
+    from npdecode.cli import main
+    from npdecode.models.chars import decode
+    from npdecode.models.pretrained import load_draft, load_target
+    from npdecode.search.beam import batched_beam_search
+    from npdecode.search.sampling import greedy
+
+    monkeypatch.setenv("COLUMNS", "80")
+    prefixes = ["christophe", "jo"]
+    assert main(["compare", "--repeats", "1", "--seed", "0", "--prefixes", *prefixes]) == 0
+    text = capsys.readouterr().out
+    target, draft = load_target(), load_draft()
+    for i, prefix in enumerate(prefixes):
+        ids = encode(prefix)
+        n = target.max_context - len(ids)
+        kw = dict(max_new_tokens=n, eos_token_id=EOS)
+        g = greedy(target, [ids], **kw)[0]
+        b = batched_beam_search(target, [ids], beam_width=compare.BEAM_WIDTH, alpha=0.6,
+                                **kw)[0][0]
+        s = speculative_sample(target, draft, [ids], num_draft_tokens=compare.NUM_DRAFTS,
+                               seed=i, **kw).generations[0]
+        for label, tokens, logprob in (("greedy", g.tokens, g.logprob),
+                                       ("beam", b.tokens, b.logprob),
+                                       ("speculative", s.tokens, s.logprob)):
+            # the log-prob of the generated characters under the target, from forward
+            seq = list(ids)
+            want_lp = 0.0
+            for t in tokens:
+                x = target.forward(np.array([seq]))[0]
+                want_lp += x[t] - x.max() - np.log(np.exp(x - x.max()).sum())
+                seq.append(t)
+            assert abs(want_lp - logprob) < 1e-9
+            name = prefix + decode([EOS] + tokens) + ("." if EOS in tokens else "…")
+            assert [prefix, name, f"{logprob:.2f}"] in [
+                [row[0], row[2], row[3]] for row in table_rows(text, 5)
+                if row[1].startswith(label)], (label, name)
+
+
+def test_model_paths_with_brackets_are_printed_as_they_are(small_models, tmp_path, capsys):
+    target, draft = small_models
+    odd = tmp_path / "d[v2].npz"
+    odd.write_bytes(draft.read_bytes())
+    args = parse(["--target", str(target), "--draft", str(odd), "--repeats", "1"])
+    assert args.func(args) == 0
+    words = " ".join(capsys.readouterr().out.split())  # however the lines wrap
+    assert f"draft: {odd} (" in words

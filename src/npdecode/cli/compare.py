@@ -147,13 +147,15 @@ def each_alone(run: Run, target, draft, prompts, seeds) -> list[Output]:
     return [run(target, draft, [p], [s], budget(target, [p]))[0] for p, s in zip(prompts, seeds)]
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``repeats`` calls, in seconds."""
+def timed(fn: Callable[[], object], repeats: int,
+          done: Callable[[], object] = lambda: None) -> float:
+    """Median wall time of ``repeats`` calls, in seconds; ``done()`` after each call."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
+        done()
     return float(np.median(times))
 
 
@@ -201,9 +203,11 @@ def tokens(n: int) -> str:
 def prefix_table(Table, target, draft, prefixes: Sequence[str], seed: int):
     """Table 1: every strategy on each prefix alone: name, log-prob, tokens per target call."""
     table = Table(title="Strategies on two prefixes (target model; a name ends with '.')")
-    table.add_column("prefix")
+    # On a narrow terminal, names fold onto more lines rather than being cut: a cut name
+    # would end in the same '…' as an unfinished one.
+    table.add_column("prefix", overflow="fold")
     table.add_column("strategy", no_wrap=True)
-    table.add_column("name")
+    table.add_column("name", overflow="fold")
     table.add_column("log-prob", justify="right")
     table.add_column("tokens / target call", justify="right")
     for i, prefix in enumerate(prefixes):
@@ -240,9 +244,11 @@ def diversity_table(Table, target, draft, prefixes: Sequence[str], seed: int):
     return table
 
 
-def speculative_table(Table, target, draft, prefixes: Sequence[str], seed: int, repeats: int):
+def speculative_table(Table, target, draft, prefixes: Sequence[str], seed: int, repeats: int,
+                      console=None):
     """Table 3: speculative counts, and its wall time against plain sampling (each prefix
-    decoded alone, same seeds and budgets, median of ``repeats`` runs of the whole set)."""
+    decoded alone, same seeds and budgets, median of ``repeats`` runs of the whole set).
+    On a terminal ``console`` shows the timing runs' progress (it vanishes when done)."""
     prompts = [encode(p) for p in prefixes]
     seeds = [seed + i for i in range(len(prompts))]
     proposed = accepted = tokens = 0
@@ -255,8 +261,18 @@ def speculative_table(Table, target, draft, prefixes: Sequence[str], seed: int, 
     plain_target = CallCounter(target)
     plain_tokens = sum(len(o.tokens) for o in
                        each_alone(plain_sampling, plain_target, draft, prompts, seeds))
-    t_spec = timed(lambda: each_alone(run_speculative, target, draft, prompts, seeds), repeats)
-    t_plain = timed(lambda: each_alone(plain_sampling, target, draft, prompts, seeds), repeats)
+    from rich.progress import Progress
+    with Progress(console=console, transient=True,
+                  disable=console is None or not console.is_terminal) as progress:
+        task = progress.add_task("timing", total=2 * repeats)
+
+        def done():
+            progress.advance(task)
+
+        t_spec = timed(lambda: each_alone(run_speculative, target, draft, prompts, seeds),
+                       repeats, done)
+        t_plain = timed(lambda: each_alone(plain_sampling, target, draft, prompts, seeds),
+                        repeats, done)
 
     table = Table(title="Speculative against plain sampling")
     table.add_column("measure")
@@ -304,16 +320,19 @@ def run(args: argparse.Namespace) -> int:
                          f"table ({tokens(len(encode(longest)))} with the start token); give a "
                          f"--target with a context of at least {len(encode(longest)) + 1}")
     console = Console()
+    # File names are printed as they are: no [brackets] read as rich markup.
     console.print(f"target: {args.target or 'the shipped target model'} "
-                  f"({target.num_params:,} parameters, context {target.max_context})")
+                  f"({target.num_params:,} parameters, context {target.max_context})",
+                  markup=False)
     console.print(f"draft:  {args.draft or 'the shipped draft model'} "
-                  f"({draft.num_params:,} parameters, context {draft.max_context})")
+                  f"({draft.num_params:,} parameters, context {draft.max_context})",
+                  markup=False)
     console.print(prefix_table(Table, target, draft, args.prefixes, args.seed))
     console.print(SHARED_SEEDS)
     console.print()
     console.print(diversity_table(Table, target, draft, DIVERSITY_PREFIXES, args.seed))
     console.print()
     console.print(speculative_table(Table, target, draft, DIVERSITY_PREFIXES, args.seed,
-                                    args.repeats))
+                                    args.repeats, console))
     console.print(speculative_note(len(DIVERSITY_PREFIXES)))
     return 0

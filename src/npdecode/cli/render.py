@@ -19,8 +19,8 @@ def check_fits(need: int, lower: str) -> None:
     except (AttributeError, ValueError, OSError):  # not a POSIX system: no estimate
         return
     if need > total:
-        raise ValueError(f"these settings need about {need / 2**30:,.0f} GiB and this machine "
-                         f"has {total / 2**30:,.0f} GiB: lower {lower}")
+        raise ValueError(f"these settings need about {need / 2**30:,.1f} GiB and this machine "
+                         f"has {total / 2**30:,.1f} GiB: lower {lower}")
 
 
 def console() -> Console:

@@ -13,7 +13,7 @@ import numpy as np
 
 from npdecode.cli.options import at_least, integer
 from npdecode.cli.render import check_fits
-from npdecode.models.chargpt import CharGPTConfig
+from npdecode.models.chargpt import CharGPTConfig, param_shapes
 from npdecode.train import RECIPES, TrainResult, bigram_loss, load_names, split_names, train
 
 DESCRIPTION = """\
@@ -101,13 +101,16 @@ SIZE_OPTIONS = "--batch-size, --context, --d-model, --d-ff, --layers or --heads"
 
 
 def check_memory(config: CharGPTConfig, batch: int, dtype: str) -> None:
-    """Refuse a minibatch whose activations and gradients cannot fit in memory (an estimate
-    from the training step's arrays: per position and layer the attention rows and the
-    residual-width and MLP-width activations, then the logits; for the target recipe about
-    the peak resident size measured, 1.3 GB at --batch-size 4096)."""
+    """Refuse settings whose training arrays cannot fit in memory (an estimate: per position
+    and layer the attention rows and the residual-width and MLP-width activations, then the
+    logits; for the target recipe about the peak resident size measured, 1.3 GB at
+    --batch-size 4096), plus four arrays the size of the parameters (the parameters, their
+    gradients and Adam's two moment estimates)."""
     T, L, H = config.max_context, config.n_layers, config.n_heads
     per_position = L * (2 * H * T + 10 * config.d_model + 3 * config.d_ff) + 4 * config.vocab_size
-    check_fits(np.dtype(dtype).itemsize * batch * T * per_position, SIZE_OPTIONS)
+    params = sum(math.prod(shape) for shape in param_shapes(config).values())
+    check_fits(np.dtype(dtype).itemsize * (batch * T * per_position + 4 * params),
+               SIZE_OPTIONS)
 
 
 def _settings(args: argparse.Namespace):
@@ -226,7 +229,7 @@ def _train_with_progress(config: CharGPTConfig, steps: int, batch: int, lr: floa
     t0 = time.perf_counter()
 
     def show_line(step: int, loss: float) -> None:
-        if step % max(1, steps // 10) == 0 or step == steps:
+        if step * 10 // steps != (step - 1) * 10 // steps:  # the step completing a tenth
             elapsed = time.perf_counter() - t0
             end = ("; computing the validation loss" if step == steps else
                    f", about {elapsed * (steps - step) / step:.0f} s left")

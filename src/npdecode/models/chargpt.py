@@ -253,7 +253,11 @@ class CharGPT:
         except (zipfile.BadZipFile, zlib.error, EOFError) as err:
             raise ValueError(f"{name} is damaged (a truncated or corrupt .npz archive: "
                              f"{err})") from None
-        return cls(_config_from_json(text, name), params, dtype=dtype)
+        config = _config_from_json(text, name)
+        try:
+            return cls(config, params, dtype=dtype)
+        except ValueError as err:  # a parameter of the wrong shape, a missing one, ...
+            raise ValueError(f"{name}: {err}") from None
 
 
 def _config_from_json(text: np.ndarray, name) -> CharGPTConfig:
