@@ -235,3 +235,16 @@ def test_encode_refuses_characters_outside_a_to_z(bad):
 def test_decode_refuses_ids_outside_the_vocabulary():
     with pytest.raises(ValueError, match="outside"):
         decode([0, 27])
+
+
+@pytest.mark.parametrize("ids, says", [
+    ([0, 1.7, 2], "1.7 at position 1 is not an integer"),
+    ([0, "3"], "'3' at position 1 is not an integer"),
+    ([0, -1], "-1 at position 1 is outside"),
+    ([0, 5, 0, 999], "999 at position 3 is outside"),   # checked past the end of the name
+    ([0, np.True_], "True_? at position 1 is not an integer"),
+])
+def test_decode_refuses_every_id_that_is_not_a_token(ids, says):
+    with pytest.raises(ValueError, match=says):
+        decode(ids)
+    assert decode([0, np.int64(5), 0]) == "e"   # NumPy integers are ids

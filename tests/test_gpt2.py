@@ -173,6 +173,15 @@ def test_tokenizer_round_trip(tmp_path):
     assert tok.encode("hello beam search") == [1, 3, 4]
     assert tok.decode([2, 3]) == "world beam"
     assert tok.token_id("<|endoftext|>") == 0 and tok.vocab_size == len(words)
+    for bad, says in (([0, 5], "token id 5 at position 1 is outside"),
+                      ([0, -1], "token id -1 at position 1 is outside"),
+                      ([0, 1.9], "1.9 at position 1 is not an integer"),
+                      ([True], "True at position 0 is not an integer")):
+        with pytest.raises(ValueError, match=says):
+            tok.decode(bad)
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json is not a valid tokenizer.json"):
+        load_tokenizer(tmp_path / "broken.json")
 
 
 def test_a_bfloat16_checkpoint_loads_as_its_exact_float32_values(tmp_path):

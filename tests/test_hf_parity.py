@@ -332,6 +332,66 @@ def test_hf_policy_reports_bad_logits_with_the_batch_item():
         beam_search(Broken(), [[C], [A]], num_beams=2, max_new_tokens=3, policy="hf")
 
 
+class ThreeTokens:
+    """V = 3, EOS 0: token probabilities .2, .5, .3 after every prefix (forward only)."""
+
+    vocab_size = 3
+    max_context = None
+
+    def __init__(self):
+        self.calls = 0
+
+    def forward(self, token_ids):
+        self.calls += 1
+        return np.tile(np.log([0.2, 0.5, 0.3]), (len(token_ids), 1))
+
+
+class NothingAfterEOS(ThreeTokens):
+    """The same, but no token may follow an EOS: an all -inf row there."""
+
+    def forward(self, token_ids):
+        out = super().forward(token_ids)
+        out[np.asarray(token_ids)[:, -1] == 0] = -np.inf
+        return out
+
+
+@pytest.mark.parametrize("K", [3, 5])
+def test_hf_policy_ignores_the_logits_of_dead_beams(K):
+    # With K >= V the first step has fewer than K live candidates, so dead placeholder beams
+    # (one continuing after the EOS) run alongside; their logits must not matter.
+    kw = dict(num_beams=K, max_new_tokens=3, eos_token_id=0, num_return_sequences=K,
+              policy="hf")
+    got = beam_search(NothingAfterEOS(), [[1], [2, 2]], **kw)
+    assert got == beam_search(ThreeTokens(), [[1], [2, 2]], **kw)
+    assert all(len(hyps) == K and all(math.isfinite(h.score) for h in hyps) for hyps in got)
+
+
+def test_hf_policy_caps_a_huge_num_beams_at_every_distinct_hypothesis():
+    import tracemalloc
+    kw = dict(max_new_tokens=3, eos_token_id=0, num_return_sequences=39, policy="hf")
+    every = beam_search(ThreeTokens(), [[1]], num_beams=3 + 9 + 27, **kw)  # all sequences
+    tracemalloc.start()
+    try:
+        huge = beam_search(ThreeTokens(), [[1]], num_beams=10**5, **kw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert huge == every
+    assert peak < 2**20   # a state of 10^5 beams would take tens of MB
+
+
+def test_hf_policy_refuses_bad_input_without_calling_the_model():
+    m = ThreeTokens()
+    for kw in (dict(num_beams=0), dict(max_new_tokens=-1), dict(eos_token_id=3),
+               dict(length_penalty=float("inf")), dict(num_return_sequences=3)):
+        args = dict(num_beams=2, max_new_tokens=2, policy="hf") | kw
+        with pytest.raises(ValueError):
+            beam_search(m, [[1]], **args)
+    with pytest.raises(ValueError, match="vocab"):
+        beam_search(m, [[1, 3]], num_beams=2, max_new_tokens=2, policy="hf")
+    assert m.calls == 0
+
+
 def test_hf_policy_is_batch_independent_without_ngram_bans(hf, models):
     """Each item's search is its own: alone or in a batch, the same hypotheses. (With n-gram
     bans transformers lets the left padding into the history, so a batch can change them.)"""

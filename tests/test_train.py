@@ -146,6 +146,60 @@ def test_adam_first_step_moves_each_weight_by_the_learning_rate():
     np.testing.assert_allclose(params["w"], [0.99, -1.99, 2.99], rtol=1e-12)
 
 
+def test_adam_follows_its_recurrence_over_several_steps():
+    """AdamW written out for one coordinate at a time, in plain Python: moments with their
+    own betas, bias correction, the warm-up rate, decay of matrices only."""
+    b1, b2, eps, lr, wd, warmup = 0.5, 0.9, 1e-8, 0.05, 0.3, 2
+    opt = Adam(lr=lr, steps=10, warmup=warmup, final_lr_frac=1.0, beta1=b1, beta2=b2, eps=eps,
+               weight_decay=wd)
+    params = {"W": np.array([[1.0, -2.0]]), "b": np.array([0.5])}
+    grads = [{"W": np.array([[0.3, -1.0]]), "b": np.array([2.0])},
+             {"W": np.array([[-0.7, 0.2]]), "b": np.array([-1.0])},
+             {"W": np.array([[0.1, 0.1]]), "b": np.array([0.4])}]
+    want = {"W": [1.0, -2.0], "b": [0.5]}
+    m = {"W": [0.0, 0.0], "b": [0.0]}
+    v = {"W": [0.0, 0.0], "b": [0.0]}
+    for t, g in enumerate(grads, start=1):
+        rate = lr * min(t / warmup, 1.0)
+        for name in want:
+            for i, gi in enumerate(g[name].ravel().tolist()):
+                m[name][i] = b1 * m[name][i] + (1 - b1) * gi
+                v[name][i] = b2 * v[name][i] + (1 - b2) * gi * gi
+                if name == "W":
+                    want[name][i] *= 1 - rate * wd
+                m_hat, v_hat = m[name][i] / (1 - b1 ** t), v[name][i] / (1 - b2 ** t)
+                want[name][i] -= rate * m_hat / (math.sqrt(v_hat) + eps)
+        opt.step(params, g)
+    for name in want:
+        np.testing.assert_allclose(params[name].ravel(), want[name], rtol=1e-12)
+
+
+def _validates_emma() -> list[str]:
+    """20 names whose validation split (split seed 0) is 'Emma' and one good name."""
+    names = ["a" + "b" * i for i in range(20)]
+    _, val = split_names(names, seed=0)
+    names[names.index(val[0])] = "Emma"
+    return names
+
+
+VALIDATES_EMMA = _validates_emma()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(steps=0), "steps"), (dict(steps=2.5), "steps"), (dict(batch_size=0), "batch_size"),
+    (dict(lr=-1.0), "lr"), (dict(lr=float("nan")), "lr"), (dict(weight_decay=-5.0), "weight_decay"),
+    (dict(dtype=np.float16), "dtype"), (dict(dtype=np.int64), "dtype"),
+    (dict(names=["anna", "bob", "carl"]), "empty training or validation split"),
+    (dict(names=VALIDATES_EMMA), "'E'"),   # a bad name in the validation split alone
+])
+def test_train_refuses_bad_settings_before_any_step(kwargs, message):
+    steps_seen = []
+    args = dict(steps=3, names=["anna", "bob"] * 10, on_step=lambda s, loss: steps_seen.append(s))
+    with pytest.raises(ValueError, match=message):
+        train(CharGPTConfig(d_model=8, n_layers=1, n_heads=2, d_ff=16), **(args | kwargs))
+    assert steps_seen == []
+
+
 def test_weight_decay_shrinks_matrices_but_not_vectors():
     # With a zero gradient the adaptive update is 0, so only the decoupled decay acts.
     opt = Adam(lr=0.1, steps=10, warmup=0, final_lr_frac=1.0, weight_decay=0.5)

@@ -13,6 +13,8 @@ The pieces, each small and testable on its own:
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from importlib import resources
 from typing import Callable, Sequence
@@ -21,6 +23,7 @@ import numpy as np
 
 from npdecode.models.chargpt import EPS, CharGPT, CharGPTConfig, init_params
 from npdecode.models.chars import EOS, VOCAB_SIZE, encode
+from npdecode.models.protocol import check_int, model_dtype
 from npdecode.numerics import MASK
 
 IGNORE = -1  # target id of a padding position: contributes no loss and no gradient
@@ -190,6 +193,8 @@ def _flat(a: np.ndarray) -> np.ndarray:
 
 def evaluate(model: CharGPT, names: Sequence[str], *, batch_size: int = 2048) -> float:
     """Mean next-token cross-entropy (nats/char) over every prediction of the given names."""
+    if not len(names):
+        raise ValueError("evaluate needs at least one name")
     x, y = make_examples(names, model.max_context)
     total, count = 0.0, 0
     for s in range(0, len(x), batch_size):
@@ -256,8 +261,9 @@ class Adam:
         lr = self.rate(self.t)
         c1, c2 = 1 - self.beta1 ** self.t, 1 - self.beta2 ** self.t
         for name, gr in grads.items():
-            m = self.m.setdefault(name, np.zeros_like(gr))
-            v = self.v.setdefault(name, np.zeros_like(gr))
+            if name not in self.m:  # (setdefault would build its default every step)
+                self.m[name], self.v[name] = np.zeros_like(gr), np.zeros_like(gr)
+            m, v = self.m[name], self.v[name]
             m *= self.beta1
             m += (1 - self.beta1) * gr
             v *= self.beta2
@@ -268,6 +274,11 @@ class Adam:
 
 
 # -- the loop -------------------------------------------------------------------------------
+
+def _real(x: object) -> bool:
+    """A finite real number (not a bool)."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -311,10 +322,21 @@ def train(config: CharGPTConfig, *, steps: int, batch_size: int = 64, lr: float 
     precision (float32 is about twice as fast). ``on_step(step, loss)`` is called after every
     step (progress reporting).
     """
+    steps = check_int("steps", steps, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    if not _real(lr) or not lr > 0:
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if not _real(weight_decay) or not weight_decay >= 0:
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    dtype = model_dtype(dtype)
     if names is None:
         names = load_names()
     train_names, val_names = split_names(names, seed=split_seed)
+    if not train_names or not val_names:
+        raise ValueError(f"{len(names)} names leave an empty training or validation split "
+                         f"(a tenth of them validates); give at least 10 names")
     x, y = make_examples(train_names, config.max_context)
+    make_examples(val_names, config.max_context)  # a name that does not encode: now, not later
     rng = np.random.default_rng(seed)
     params = {k: v.astype(dtype) for k, v in init_params(config, rng).items()}
     opt = Adam(lr=lr, steps=steps, warmup=min(100, steps // 10), weight_decay=weight_decay)

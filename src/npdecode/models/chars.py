@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from npdecode.models.protocol import id_list
+
 EOS = 0  # '.': ends a name, and starts every sequence
 ALPHABET = "." + "abcdefghijklmnopqrstuvwxyz"  # id i is ALPHABET[i]
 VOCAB_SIZE = len(ALPHABET)  # 27
@@ -36,10 +38,7 @@ def decode(ids: Iterable[int]) -> str:
     ``decode([0, 5, 13, 13, 1, 0, 7]) == "emma"``.
     """
     out = []
-    for pos, tok in enumerate(ids):
-        tok = int(tok)
-        if not 0 <= tok < VOCAB_SIZE:
-            raise ValueError(f"token id {tok} at position {pos} is outside [0, {VOCAB_SIZE})")
+    for pos, tok in enumerate(id_list(ids, VOCAB_SIZE)):  # every id checked, even after a 0
         if tok == EOS:
             if pos == 0:
                 continue  # the start token

@@ -60,6 +60,20 @@ def check_int(name: str, value: object, *, minimum: int) -> int:
     return int(value)
 
 
+def id_list(ids: Sequence[int], vocab_size: int) -> list[int]:
+    """A sequence of token ids as a list of ints, each checked to be an integer (not a bool)
+    in [0, vocab_size), else ValueError naming its position and value (decoders use it, so
+    that no id is truncated, wrapped or skipped)."""
+    out = []
+    for pos, tok in enumerate(ids):
+        if isinstance(tok, (bool, np.bool_)) or not isinstance(tok, numbers.Integral):
+            raise ValueError(f"token id {tok!r} at position {pos} is not an integer")
+        if not 0 <= tok < vocab_size:
+            raise ValueError(f"token id {tok} at position {pos} is outside [0, {vocab_size})")
+        out.append(int(tok))
+    return out
+
+
 def is_cached(model: object) -> bool:
     """True when ``model`` implements the cached protocol (and can take the fast path)."""
     return all(callable(getattr(model, name, None)) for name in ("new_cache", "prefill", "extend"))

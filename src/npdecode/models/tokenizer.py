@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from npdecode.models.protocol import id_list
+
 
 class Tokenizer:
     """A fast (Rust) tokenizer read from ``tokenizer.json``: text <-> token ids."""
@@ -27,8 +29,9 @@ class Tokenizer:
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int], *, skip_special_tokens: bool = False) -> str:
-        """Token ids -> text."""
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+        """Token ids -> text; an id that is not an integer in [0, vocab_size) is refused."""
+        return self._tok.decode(id_list(ids, self.vocab_size),
+                                skip_special_tokens=skip_special_tokens)
 
     def token_id(self, token: str) -> int | None:
         """The id of a token string such as ``"<|endoftext|>"``, or None if it is unknown."""
@@ -46,4 +49,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.exists():
         raise FileNotFoundError(f"no tokenizer.json at {path}")
-    return Tokenizer(Backend.from_file(str(file)))
+    try:
+        return Tokenizer(Backend.from_file(str(file)))
+    except Exception as err:  # the Rust side raises a bare Exception for a malformed file
+        raise ValueError(f"{file} is not a valid tokenizer.json: {err}") from None

@@ -49,7 +49,7 @@ from typing import Sequence
 import numpy as np
 
 from npdecode.numerics import log_softmax
-from npdecode.search.beam import Hypothesis, batched_beam_search
+from npdecode.search.beam import Hypothesis, batched_beam_search, count_hypotheses
 from npdecode.search.ngrams import ngram_ban_mask
 from npdecode.search.runner import make_runner
 from npdecode.search.validate import (check_eos, check_ids, check_int, check_length_penalty,
@@ -238,6 +238,8 @@ def hf_beam_search(model, prompts: Sequence[Sequence[int]], *, num_beams: int,
     if T == 0:
         return [[Hypothesis(tokens=[], score=0.0, logprob=0.0, finished=False)] for _ in prompts]
 
+    if vocab is not None:  # K beyond every distinct hypothesis only adds placeholders
+        K = min(K, count_hypotheses(vocab, T, cap=K))
     pad = pad_token_id if pad_token_id is not None else eos if eos is not None else -1
     B, W = len(prompts), max(len(p) for p in prompts)
     st = HFBeamState.initial(prompts, K, T, pad)
@@ -247,13 +249,22 @@ def hf_beam_search(model, prompts: Sequence[Sequence[int]], *, num_beams: int,
     beams_per_row = 1                # step 1 runs one row per prompt, later K per item
     for t in range(T):
         n_rows = len(act) * beams_per_row
-        check_logits(logits, n_rows, vocab, np.repeat(act, beams_per_row))
+        # Rows of dead beams (log-prob -inf: placeholders where fewer than K candidates were
+        # possible) go through the model with the others, but whatever it returns for them
+        # (an all -inf row after an EOS, say) is never used, nor checked.
+        live = np.isfinite(st.run_lp[act, :beams_per_row]).ravel()       # [n]
+        dead = None if live.all() else ~live
+        check_logits(logits, n_rows, vocab, np.repeat(act, beams_per_row), live=live)
         if vocab is None:  # a model that does not declare its vocabulary: read it off the logits
             vocab = logits.shape[1]
             check_ids(prompts, eos, vocab)
             check_eos(pad_token_id, vocab, name="pad_token_id")
         V = vocab
+        if dead is not None:
+            logits = np.where(dead[:, None], 0.0, logits)
         logp = log_softmax(logits)                                       # [n, V] float64
+        if dead is not None:
+            logp[dead] = -np.inf                                         # their candidates
         if ngram:
             hist = st.seq[act, :beams_per_row, :W + t].reshape(n_rows, W + t)
             logp[ngram_ban_mask(hist, ngram, V)] = -np.inf  # banned, not renormalized
@@ -305,7 +316,7 @@ def results(st: HFBeamState, n: int, eos: int | None) -> list[list[Hypothesis]]:
     out = []
     for b in range(st.fin_score.shape[0]):
         hyps = []
-        for j in range(n):
+        for j in range(min(n, st.fin_score.shape[1])):
             if not np.isfinite(st.fin_score[b, j]):
                 break
             tokens = st.fin_tokens[b, j, :st.fin_len[b, j]].tolist()

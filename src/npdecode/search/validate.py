@@ -140,10 +140,12 @@ def check_ids(prompts: list[list[int]], eos: int | None, vocab: int) -> None:
 
 
 def check_logits(logits: np.ndarray, n_rows: int, vocab_size: int | None,
-                 items: np.ndarray, rows: np.ndarray | None = None, parts: int = 1
-                 ) -> np.ndarray:
+                 items: np.ndarray, rows: np.ndarray | None = None, parts: int = 1,
+                 live: np.ndarray | None = None) -> np.ndarray:
     """Validate one step's logits (n_rows, V); ``items[i]`` is sequence i's batch item and
-    ``rows[i]`` its row of ``logits`` (default: row i).
+    ``rows[i]`` its row of ``logits`` (default: row i). ``live`` (n_rows,) bool, if given,
+    marks the rows whose values are checked (the others are placeholders whose logits are
+    never used); every row's shape is.
 
     Returns each row's maxima over ``parts`` consecutive column ranges (n_rows, parts), or
     its maximum alone (n_rows, 1) where the logits do not split that way (see
@@ -162,6 +164,8 @@ def check_logits(logits: np.ndarray, n_rows: int, vocab_size: int | None,
     m = part_maxima(logits, parts)                     # [n_rows, parts] or [n_rows, 1]
     if not np.isfinite(m).all():  # a range of -inf is fine while the row has a real token
         bad = np.isnan(m).any(axis=1) | np.isposinf(m).any(axis=1) | np.isneginf(m).all(axis=1)
+        if live is not None:
+            bad &= live
         if bad.any():
             _raise_on_bad_row(logits, bad, items, rows)
     return m
