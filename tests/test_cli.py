@@ -226,6 +226,14 @@ def test_beam_sizes_below_their_minimum_are_refused_by_the_parser(argv, says, ca
     assert exit_.value.code == 2 and says in capsys.readouterr().err
 
 
+def test_an_integer_option_too_long_for_python_is_refused_briefly(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["beam", "--prompt", "3", "--seed", "9" * 5000])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "argument --seed: integer too long (5000 characters)" in err and len(err) < 600
+
+
 def test_a_one_token_vocabulary_with_huge_sizes_is_refused_at_once(capsys):
     assert main(["beam", "--prompt", "0", "--vocab-size", "1", "--beam-width", str(10**12),
                  "--max-new-tokens", str(10**12)]) == 2
@@ -297,7 +305,8 @@ def test_a_missing_extra_says_how_to_install_it_without_a_package_index(
 
 def test_train_refuses_to_write_weights_when_the_loss_diverges(tmp_path, capsys):
     out = tmp_path / "z.npz"
-    assert main(["train", "--lr", "1e6", "--steps", "5", "--no-progress", "-o", str(out)]) == 2
+    assert main(["train", "--lr", "1e20", "--weight-decay", "0", "--steps", "5", "--no-progress",
+                 "-o", str(out)]) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("npdecode train: error: training diverged")
     assert "lower --lr" in captured.err and len(captured.err.strip().splitlines()) == 1

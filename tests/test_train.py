@@ -189,6 +189,7 @@ VALIDATES_EMMA = _validates_emma()
     (dict(steps=0), "steps"), (dict(steps=2.5), "steps"), (dict(batch_size=0), "batch_size"),
     (dict(lr=-1.0), "lr"), (dict(lr=float("nan")), "lr"), (dict(weight_decay=-5.0), "weight_decay"),
     (dict(dtype=np.float16), "dtype"), (dict(dtype=np.int64), "dtype"),
+    (dict(lr=0.1, weight_decay=10.0), "would scale the weights by 0 every step"),
     (dict(names=["anna", "bob", "carl"]), "empty training or validation split"),
     (dict(names=VALIDATES_EMMA), "'E'"),   # a bad name in the validation split alone
 ])
@@ -261,6 +262,7 @@ def run_cli(*argv: str) -> int:
 @pytest.mark.parametrize("argv, message", [
     (["--lr", "-1"], "--lr"),
     (["--weight-decay", "-0.1"], "--weight-decay"),
+    (["--lr", "0.01", "--weight-decay", "1000"], "--lr times --weight-decay"),
     (["--d-model", "30", "--heads", "4"], "--heads"),
     (["--output", "weights.txt"], ".npz"),
 ])

@@ -275,6 +275,14 @@ class Adam:
 
 # -- the loop -------------------------------------------------------------------------------
 
+def check_decay(lr: float, weight_decay: float) -> None:
+    """AdamW scales every matrix by 1 - lr * weight_decay each step: at 1 or more that zeroes
+    it or flips its sign, so such a pair is refused."""
+    if lr * weight_decay >= 1:
+        raise ValueError(f"lr * weight_decay = {lr * weight_decay:g} would scale the weights by "
+                         f"{1 - lr * weight_decay:g} every step; keep it well below 1")
+
+
 def _real(x: object) -> bool:
     """A finite real number (not a bool)."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
@@ -328,6 +336,7 @@ def train(config: CharGPTConfig, *, steps: int, batch_size: int = 64, lr: float 
         raise ValueError(f"lr must be a positive finite number, got {lr!r}")
     if not _real(weight_decay) or not weight_decay >= 0:
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    check_decay(lr, weight_decay)
     dtype = model_dtype(dtype)
     if names is None:
         names = load_names()

@@ -11,9 +11,14 @@ from typing import Callable
 
 def integer(text: str) -> int:
     """An argparse type: an integer (argparse names the flag in its error)."""
+    shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
     if not _INTEGER.fullmatch(text.strip()):
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
-    return int(text)
+        raise argparse.ArgumentTypeError(f"expected an integer, got {shown}")
+    try:
+        return int(text)
+    except ValueError:  # beyond Python's limit on the digits of a decimal string
+        raise argparse.ArgumentTypeError(f"integer too long ({len(text)} characters): "
+                                         f"{shown}") from None
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take '3_000' and '３'
@@ -26,6 +31,7 @@ def at_least(minimum: int) -> Callable[[str], int]:
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         return value
+    parse.__name__ = "integer"  # argparse names the type in some of its messages
     return parse
 
 

@@ -14,7 +14,8 @@ import numpy as np
 from npdecode.cli.options import at_least, integer
 from npdecode.cli.render import check_fits
 from npdecode.models.chargpt import CharGPTConfig, param_shapes
-from npdecode.train import RECIPES, TrainResult, bigram_loss, load_names, split_names, train
+from npdecode.train import (RECIPES, TrainResult, bigram_loss, check_decay, load_names,
+                            split_names, train)
 
 DESCRIPTION = """\
 Train a character-level CharGPT on the bundled corpus of 32,033 first names, in NumPy (a
@@ -131,6 +132,10 @@ def _settings(args: argparse.Namespace):
         raise ValueError(f"--lr must be a positive number, got {lr}")
     if not math.isfinite(wd) or wd < 0:
         raise ValueError(f"--weight-decay must be a number >= 0, got {wd}")
+    try:
+        check_decay(lr, wd)
+    except ValueError as err:
+        raise ValueError(f"--lr times --weight-decay: {err}") from None
     check_memory(config, batch, args.dtype)
     return config, steps, batch, lr, wd
 
