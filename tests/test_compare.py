@@ -6,11 +6,15 @@ from __future__ import annotations
 import argparse
 import re
 
+import numpy as np
 import pytest
 
-from npdecode.cli import compare
+from npdecode.cli import compare, main
 from npdecode.models import chargpt
-from npdecode.models.chars import EOS, encode
+from npdecode.models.chars import EOS, decode, encode
+from npdecode.models.pretrained import load_draft, load_target
+from npdecode.search.beam import batched_beam_search
+from npdecode.search.sampling import greedy
 from npdecode.search.speculative import speculative_sample
 
 
@@ -113,7 +117,6 @@ def test_a_draft_with_a_shorter_context_than_the_target_is_refused(small_models,
 
 
 def test_compare_runs_on_the_shipped_models(capsys):
-    from npdecode.cli import main
     assert main(["compare"]) == 0
     text = capsys.readouterr().out
     assert {row[0] for row in table_rows(text, 5)} == {"em", "jo"}   # the default prefixes
@@ -148,13 +151,6 @@ def test_compare_says_which_models_it_ran(small_models, capsys):
 def test_table_one_shows_each_strategys_own_name_and_logprob_uncut(monkeypatch, capsys):
     """On an 80-column terminal, against direct calls of the library on the shipped models
     (greedy, beam search and speculative sampling; the sampling rows share their code)."""
-    import numpy as np
-    from npdecode.cli import main
-    from npdecode.models.chars import decode
-    from npdecode.models.pretrained import load_draft, load_target
-    from npdecode.search.beam import batched_beam_search
-    from npdecode.search.sampling import greedy
-
     monkeypatch.setenv("COLUMNS", "80")
     prefixes = ["christophe", "jo"]
     assert main(["compare", "--repeats", "1", "--seed", "0", "--prefixes", *prefixes]) == 0

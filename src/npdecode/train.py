@@ -13,8 +13,6 @@ The pieces, each small and testable on its own:
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from importlib import resources
 from typing import Callable, Sequence
@@ -23,7 +21,7 @@ import numpy as np
 
 from npdecode.models.chargpt import EPS, CharGPT, CharGPTConfig, init_params
 from npdecode.models.chars import EOS, VOCAB_SIZE, encode
-from npdecode.models.protocol import check_int, model_dtype
+from npdecode.models.protocol import check_finite, check_int, model_dtype
 from npdecode.numerics import MASK
 
 IGNORE = -1  # target id of a padding position: contributes no loss and no gradient
@@ -283,11 +281,6 @@ def check_decay(lr: float, weight_decay: float) -> None:
                          f"{1 - lr * weight_decay:g} every step; keep it well below 1")
 
 
-def _real(x: object) -> bool:
-    """A finite real number (not a bool)."""
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
 @dataclass(frozen=True)
 class Recipe:
     """A model size and the training run that produced a shipped model."""
@@ -332,10 +325,10 @@ def train(config: CharGPTConfig, *, steps: int, batch_size: int = 64, lr: float 
     """
     steps = check_int("steps", steps, minimum=1)
     batch_size = check_int("batch_size", batch_size, minimum=1)
-    if not _real(lr) or not lr > 0:
-        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-    if not _real(weight_decay) or not weight_decay >= 0:
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+    if not check_finite("lr", lr) > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    if not check_finite("weight_decay", weight_decay) >= 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
     check_decay(lr, weight_decay)
     dtype = model_dtype(dtype)
     if names is None:

@@ -11,6 +11,7 @@ the search reorders by beam parent and rolls back after rejected speculative tok
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Protocol, Sequence, runtime_checkable
 
@@ -58,6 +59,13 @@ def check_int(name: str, value: object, *, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_finite(name: str, value: object) -> float:
+    """A finite real number, else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
 
 
 def id_list(ids: Sequence[int], vocab_size: int) -> list[int]:

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import numpy as np
 
-from npdecode.models.protocol import check_int, vocab_size_of
+from npdecode.models.protocol import check_finite, check_int, vocab_size_of
 from npdecode.numerics import part_maxima
 
 
@@ -22,13 +22,6 @@ def check_extend_shape(logits: object, n: int, t: int, vocab_size: int | None,
         raise ValueError(f"{who}'s extend returned logits of shape {shape}; expected "
                          f"({n}, {t}, {vocab_size if vocab_size is not None else 'V'}): one "
                          f"row per sequence, one position per new token")
-
-
-def check_finite(name: str, value: object) -> float:
-    """A finite real number, else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], vocab_size: int | None) -> list[list[int]]:
