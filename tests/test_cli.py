@@ -329,6 +329,28 @@ def test_train_refuses_to_write_weights_when_the_validation_loss_is_not_finite(
     assert not (tmp_path / "v.npz").exists()
 
 
+def test_train_notes_and_warnings_go_to_stderr_and_the_report_to_stdout(
+        tmp_path, monkeypatch, capsys):
+    from npdecode.cli import train as train_cli
+    from npdecode.models.chargpt import CharGPT
+    from npdecode.train import TrainResult
+
+    model = CharGPT.load(_save_chargpt(tmp_path / "m.npz"))
+    uniform = math.log(model.config.vocab_size)  # guessing every character alike
+    monkeypatch.setattr(train_cli, "train",
+                        lambda *args, **kwargs: TrainResult(model, uniform + 0.5, [3.0]))
+    assert main(["train", "--context", "4", "--steps", "1", "--no-progress",
+                 "-o", str(tmp_path / "w.npz")]) == 0
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    assert len(err) == 2
+    assert err[0].startswith("note: --context 4 is shorter than the longest name")
+    assert err[1].startswith(f"warning: the validation loss is above {uniform:.2f} nats/char")
+    assert "note:" not in captured.out and "warning:" not in captured.out
+    assert f"validation loss:  {uniform + 0.5:.4f} nats/char" in captured.out
+    assert (tmp_path / "w.npz").exists()
+
+
 @pytest.mark.parametrize("steps", [20, 19, 25])
 def test_train_prints_a_progress_line_every_tenth_of_the_steps_when_not_on_a_terminal(
         tmp_path, capsys, steps):
@@ -347,6 +369,19 @@ def test_train_no_progress_prints_no_progress_lines(tmp_path, capsys):
     assert main(["train", "--model", "draft", "--steps", "3", "--no-progress", "-o",
                  str(tmp_path / "q.npz")]) == 0
     assert "step " not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, says", [
+    ("model.txt", "--output must end in .npz, got 'model.txt'"),
+    (".npz", "--output '.npz' has no name before .npz; give one, such as 'draft.npz'"),
+])
+def test_train_output_that_is_not_an_npz_name_is_refused_before_training(
+        name, says, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--model", "draft", "-o", name, "--steps", "1", "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"npdecode train: error: {says}"
+    assert "training" not in captured.out and not list(tmp_path.iterdir())
 
 
 def test_train_output_that_is_a_directory_is_named_as_such_without_overwrite(tmp_path, capsys):

@@ -91,7 +91,9 @@ def test_compare_prints_every_strategy_and_consistent_counts(small_models, capsy
 
 @pytest.mark.parametrize("argv, match", [
     (["--prefixes", "Em", "jo"], "not in the vocabulary"),
-    (["--prefixes", "abcdefghijklmnop", "jo"], "context"),
+    (["--prefixes", "abcdefghijklmnop", "jo"],
+     r"prefix 'abcdefghijklmnop' \(17 tokens with the start token\) fills the target's "
+     r"context of 16 tokens"),
 ])
 def test_bad_input_is_refused(small_models, argv, match):
     target, draft = small_models

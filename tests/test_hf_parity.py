@@ -205,7 +205,11 @@ class MarkovLM:
 
     vocab_size = 4
 
+    def __init__(self):
+        self.calls = 0
+
     def forward(self, token_ids):
+        self.calls += 1
         ids = np.asarray(token_ids)
         return np.log(np.array([TABLE[int(t)] for t in ids[:, -1]]))   # [N, 4]
 
@@ -221,7 +225,8 @@ def test_pool_and_hf_policies_disagree_as_documented():
     lg = math.log
     pool = beam_search(MarkovLM(), [[C]], num_beams=2, max_new_tokens=3, eos_token_id=EOS,
                        length_penalty=1.0, num_return_sequences=2, policy="pool")[0]
-    hf_ = beam_search(MarkovLM(), [[C]], num_beams=2, max_new_tokens=3, eos_token_id=EOS,
+    hf_model = MarkovLM()
+    hf_ = beam_search(hf_model, [[C]], num_beams=2, max_new_tokens=3, eos_token_id=EOS,
                       length_penalty=1.0, num_return_sequences=2, policy="hf")[0]
 
     assert [h.tokens for h in pool] == [[EOS], [A, A, A]]
@@ -232,9 +237,11 @@ def test_pool_and_hf_policies_disagree_as_documented():
     assert [h.tokens for h in hf_] == [[B, EOS], [EOS]]
     assert hf_[0].score == pytest.approx((lg(.28) + lg(.97)) / 2, abs=1e-12)
     assert hf_[1].score == pytest.approx(lg(.40), abs=1e-12)
-    # hf stopped after step 2: its best running beam [A, A] scores (log .31 + log .40) / 2,
-    # worse than its worst finished one, so the heuristic ends the search.
+    # hf stops after step 2, one step before the length limit: its best running beam [A, A]
+    # scores (log .31 + log .40) / 2, worse than its worst finished one, [EOS] at log .40, so
+    # the heuristic ends the search.
     assert (lg(.31) + lg(.40)) / 2 < lg(.40)
+    assert hf_model.calls == 2
 
 
 def test_hf_early_stopping_true_stops_at_k_finished():
@@ -406,6 +413,36 @@ def test_hf_policy_is_batch_independent_without_ngram_bans(hf, models):
         assert [h.tokens for h in alone] == [h.tokens for h in hyps]
         np.testing.assert_allclose([h.score for h in alone], [h.score for h in hyps],
                                    atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("kw", [
+    dict(num_beams=3, length_penalty=0.6, early_stopping=False, num_return_sequences=3),
+    dict(num_beams=4, length_penalty=2.0, early_stopping="never", num_return_sequences=2,
+         no_repeat_ngram_size=2),
+    dict(num_beams=2, length_penalty=1.0, early_stopping=True, num_return_sequences=2,
+         pad_token_id=7),
+])
+def test_hf_policy_gives_the_same_results_through_the_cache_and_through_forward(kw):
+    """TinyLM through its KV cache, and through ``forward`` alone (the prefixes re-run)."""
+    class ForwardOnly:
+        vocab_size = 12
+
+        def __init__(self, model):
+            self.forward = model.forward
+
+    from npdecode import TinyLM
+    model = TinyLM(vocab_size=12, d_model=8, seed=5)
+    prompts = [[3, 1, 4, 1, 5], [9], [2, 6, 5, 3]]
+    cached = beam_search(model, prompts, max_new_tokens=7, eos_token_id=4, policy="hf", **kw)
+    plain = beam_search(ForwardOnly(model), prompts, max_new_tokens=7, eos_token_id=4,
+                        policy="hf", **kw)
+    assert any(h.finished for hyps in cached for h in hyps)  # EOS is reached: both kinds
+    for a, b in zip(cached, plain, strict=True):
+        assert [(h.tokens, h.finished) for h in a] == [(h.tokens, h.finished) for h in b]
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], atol=1e-9,
+                                   rtol=0)
+        np.testing.assert_allclose([h.logprob for h in a], [h.logprob for h in b], atol=1e-9,
+                                   rtol=0)
 
 
 def test_hf_policy_zero_new_tokens_and_context_limit():

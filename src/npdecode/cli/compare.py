@@ -17,9 +17,10 @@ from npdecode.search.sampling import greedy, sample
 from npdecode.search.speculative import speculative_sample
 
 DESCRIPTION = """\
-Decode the shipped CharGPT name model with every strategy and compare them: greedy, sampling
-at temperature 0.8, top-k 5, top-p 0.9, beam search (width 3, alpha 0.6) and speculative
-sampling (4 draft tokens from the shipped draft model, temperature 1).
+Decode the CharGPT name model (the shipped one, or --target's) with every strategy and compare
+them: greedy, sampling at temperature 0.8, top-k 5, top-p 0.9, beam search (width 3, alpha
+0.6) and speculative sampling (4 draft tokens from the shipped draft model or --draft's,
+temperature 1).
 
 Three tables: each strategy's name for two prefixes, with the target model's log-probability
 of the generated characters and the generated tokens per target-model call (the prompt's
@@ -311,7 +312,8 @@ def run(args: argparse.Namespace) -> int:
                          f"least {target.max_context}")
     for prefix in args.prefixes:
         if budget(target, [encode(prefix)]) < 1:
-            raise ValueError(f"prefix {prefix!r} fills the model's context of "
+            raise ValueError(f"prefix {prefix!r} ({tokens(len(encode(prefix)))} with the start "
+                             f"token) fills the target's context of "
                              f"{tokens(target.max_context)}; give a shorter one")
     longest = max(DIVERSITY_PREFIXES, key=len)
     if budget(target, [encode(longest)]) < 1:

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -151,6 +152,9 @@ def _output_path(args: argparse.Namespace) -> Path:
     path = args.output if args.output is not None else Path(f"{args.model}.npz")
     if path.is_dir():
         raise ValueError(f"--output {path} is a directory; give a file name ending in .npz")
+    if path.name == ".npz":  # Path sees a hidden file with no suffix
+        raise ValueError(f"--output {str(path)!r} has no name before .npz; give one, such as "
+                         f"{str(path.with_name(args.model + '.npz'))!r}")
     if path.suffix != ".npz":
         raise ValueError(f"--output must end in .npz, got {str(path)!r}")
     if path.exists() and not args.overwrite:
@@ -177,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     longest = max(len(n) for n in names) + 1
     if config.max_context < longest:
         print(f"note: --context {config.max_context} is shorter than the longest name "
-              f"({longest} predictions); long names are cut into windows")
+              f"({longest} predictions); long names are cut into windows", file=sys.stderr)
     print(f"training {args.model} recipe: d_model={config.d_model} layers={config.n_layers} "
           f"heads={config.n_heads} d_ff={config.d_ff} context={config.max_context}, "
           f"{steps} step{'s' if steps != 1 else ''} x {batch} names, lr {lr:g}, "
@@ -197,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     if result.val_loss >= uniform:  # worse than guessing every character alike
         print(f"warning: the validation loss is above {uniform:.2f} nats/char, that of guessing "
               f"every character alike: training diverged or did not learn; try a lower --lr "
-              f"or more --steps")
+              f"or more --steps", file=sys.stderr)
     print(f"time:             {seconds:.0f} s (training, then the validation loss)")
     print(f"wrote {path}")
     return 0
