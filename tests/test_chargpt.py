@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from npdecode.models.chargpt import CharGPT, CharGPTConfig, param_shapes
+from npdecode.models.chargpt import CharGPT, CharGPTConfig, count_params, param_shapes
 from npdecode.models.chars import ALPHABET, VOCAB_SIZE, decode, encode
 from npdecode.models.protocol import is_cached
 
@@ -113,6 +113,15 @@ def test_num_params_is_the_sum_of_the_shapes(model):
     per_layer = d + 3 * d * d + d * d + d + d * f + f * d
     assert model.num_params == v * d + c * d + L * per_layer + d + d * v + v
     assert model.num_params == sum(int(np.prod(s)) for s in param_shapes(CFG).values())
+
+
+@pytest.mark.parametrize("config", [
+    dict(d_model=16, n_layers=2, n_heads=4, d_ff=24, max_context=12),
+    dict(d_model=6, n_layers=5, n_heads=3, d_ff=7, max_context=1, vocab_size=2),
+])
+def test_count_params_counts_every_shape(config):
+    cfg = CharGPTConfig(**config)
+    assert count_params(cfg) == sum(int(np.prod(s)) for s in param_shapes(cfg).values())
 
 
 def test_save_load_round_trip(model, tmp_path):

@@ -24,6 +24,31 @@ def test_beam_prints_each_prompts_hypotheses_as_the_library_computes_them(capsys
             assert line, (rank, h)
 
 
+@pytest.mark.parametrize("columns", [50, 40, 30])
+def test_beam_on_a_narrow_terminal_folds_its_cells_and_cuts_none(columns, monkeypatch,
+                                                                   capsys):
+    monkeypatch.setenv("COLUMNS", str(columns))
+    assert main(["beam", "--prompt", "3,14,159", "--beam-width", "2",
+                 "--max-new-tokens", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out
+    rows = []  # each hypothesis' cells, its folded parts joined (a rank starts a row)
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("│").split("│")]
+        if not line.startswith("│") or len(cells) != 5:
+            continue
+        if cells[0] or not rows:
+            rows.append(cells)
+        else:
+            rows[-1] = [a + b for a, b in zip(rows[-1], cells)]
+    want = batched_beam_search(TinyLM(1000, 64, seed=0), [[3, 14, 159]], beam_width=2,
+                               max_new_tokens=4, alpha=0.6)[0]  # the command's default
+    # A folded cell loses the space at its fold, so the tokens are compared without spaces.
+    assert [[r[0], r[1].replace(" ", ""), *r[2:]] for r in rows] == [
+        [str(rank), "".join(map(str, h.tokens)), f"{h.score:.4f}", f"{h.logprob:.4f}", "no"]
+        for rank, h in enumerate(want, 1)]
+
+
 def test_a_token_outside_the_vocabulary_is_one_clear_error_line(capsys):
     assert main(["beam", "--prompt", "3,1000"]) == 2
     err = capsys.readouterr().err
@@ -171,12 +196,35 @@ def test_version(capsys):
 
 @pytest.mark.parametrize("argv, says", [
     (["--prompt", "-1,2"], "prompt 0, position 0: token -1 is not a valid id"),
-    (["--prompt", "1", "--alpha", "-inf"], "--alpha must be a finite number, got -inf"),
+    (["--prompt", "1", "--alpha", "-inf"], "argument --alpha: expected a finite number, got "
+                                           "'-inf'"),
 ])
 def test_a_negative_value_reaches_its_own_check(argv, says, capsys):
     # argparse alone would take '-1,2' for an option and say only 'expected one argument'
-    assert main(["beam"] + argv) == 2
+    try:
+        code = main(["beam"] + argv)
+    except SystemExit as exit_:  # refused by the option's type, in the parser
+        code = exit_.code
+    assert code == 2
     assert says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["beam", "--prompt", "1", "--alpha", "1e400"],
+     "argument --alpha: expected a finite number, got '1e400' (beyond the float range)"),
+    (["beam", "--prompt", "1", "--alpha", "nan"],
+     "argument --alpha: expected a finite number, got 'nan'"),
+    (["beam", "--prompt", "1", "--alpha", "0.6x"], "argument --alpha: expected a number, got "
+                                                   "'0.6x'"),
+    (["train", "--lr", "inf"], "argument --lr: expected a finite number, got 'inf'"),
+    (["train", "--weight-decay", "-1e999"], "argument --weight-decay: expected a finite "
+                                            "number, got '-1e999' (beyond the float range)"),
+])
+def test_a_number_option_names_the_text_it_could_not_use(argv, says, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"npdecode {argv[0]}: error: {says}"
 
 
 def test_a_negative_alpha_is_a_value_not_an_option(capsys):
@@ -270,6 +318,15 @@ def test_train_counts_the_parameters_and_adam_state_in_its_memory_check(tmp_path
                  "--steps", "1", "--no-progress", "--output", str(tmp_path / "m.npz")]) == 2
     captured = capsys.readouterr()
     assert "GiB and this machine has" in captured.err and "--d-model" in captured.err
+    assert "training" not in captured.out
+
+
+def test_train_refuses_a_huge_layer_count_without_listing_its_layers(tmp_path, capsys):
+    # 10**20 layers: listing each layer's parameters would itself exhaust the memory.
+    assert main(["train", "--model", "draft", "--layers", str(10**20), "--steps", "1",
+                 "--no-progress", "--output", str(tmp_path / "m.npz")]) == 2
+    captured = capsys.readouterr()
+    assert "GiB and this machine has" in captured.err and "--layers" in captured.err
     assert "training" not in captured.out
 
 

@@ -411,15 +411,38 @@ def test_bad_prompts_and_empty_batch():
         speculative_sample(BIG_T, BIG_T, [[1, 20]], max_new_tokens=3)
 
 
-def test_nan_from_the_target_names_the_batch_item():
-    class NaNAfterPrefill(Recording):
-        def extend(self, tokens, cache):
-            out = self.model.extend(tokens, cache).copy()
-            out[1] = np.nan
-            return out
+class NaNAfterPrefill(Recording):
+    def extend(self, tokens, cache):
+        out = self.model.extend(tokens, cache).copy()
+        out[1] = np.nan
+        return out
 
-    with pytest.raises(ValueError, match="NaN.*batch item 1"):
-        speculative_sample(NaNAfterPrefill(BIG_T), BIG_T, [[1], [2]], max_new_tokens=3)
+
+class NaNInPrefill(Recording):
+    def prefill(self, prompts, cache):
+        out = self.model.prefill(prompts, cache).copy()
+        out[1] = np.nan
+        return out
+
+
+@pytest.mark.parametrize("broken", [NaNAfterPrefill, NaNInPrefill])
+@pytest.mark.parametrize("who", ["target", "draft"])
+def test_nan_names_the_model_and_the_batch_item(broken, who):
+    models = {"target": BIG_T, "draft": BIG_T, who: broken(BIG_T)}
+    with pytest.raises(ValueError, match=f"^the {who} model returned NaN .*batch item 1$"):
+        speculative_sample(models["target"], models["draft"], [[1], [2]], max_new_tokens=3)
+
+
+def test_a_huge_draft_count_costs_no_more_than_the_budget():
+    # No round proposes more than max_new_tokens drafts, so asking for 10**7 per round gives
+    # what asking for max_new_tokens does, without caches or draws sized for 10**7.
+    kw = dict(max_new_tokens=3, seed=[1, 2, 3])
+    draft, prompts = close_draft(0.5), [[1], [2, 3], [4]]
+    huge = speculative_sample(BIG_T, draft, prompts, num_draft_tokens=10**7, **kw)
+    cap = speculative_sample(BIG_T, draft, prompts, num_draft_tokens=3, **kw)
+    assert [g.tokens for g in huge.generations] == [g.tokens for g in cap.generations]
+    assert (huge.proposed, huge.accepted, huge.target_calls) == (
+        cap.proposed, cap.accepted, cap.target_calls)
 
 
 class ContextLimited(Recording):

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from npdecode.cli.options import at_least, integer
+from npdecode.cli.options import at_least, finite, integer
 from npdecode.cli.render import check_fits, console, hypotheses_table, stopped_early
 from npdecode.models.tinylm import TinyLM
 from npdecode.search.beam import batched_beam_search, count_hypotheses
@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="hypotheses kept per prompt (default 4)")
     p.add_argument("--max-new-tokens", type=at_least(0), default=12, metavar="T",
                    help="longest generation (default 12)")
-    p.add_argument("--alpha", type=float, default=0.6,
+    p.add_argument("--alpha", type=finite, default=0.6,
                    help="length penalty, any finite number: score = logprob / len**alpha; a "
                         "larger alpha favours longer hypotheses, 0 ranks by logprob alone "
                         "(default 0.6)")

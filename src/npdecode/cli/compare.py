@@ -204,13 +204,13 @@ def tokens(n: int) -> str:
 def prefix_table(Table, target, draft, prefixes: Sequence[str], seed: int):
     """Table 1: every strategy on each prefix alone: name, log-prob, tokens per target call."""
     table = Table(title="Strategies on two prefixes (target model; a name ends with '.')")
-    # On a narrow terminal, names fold onto more lines rather than being cut: a cut name
-    # would end in the same '…' as an unfinished one.
+    # On a narrow terminal every cell folds onto more lines rather than being cut: a cut name
+    # would end in the same '…' as an unfinished one, a cut number would read as another.
     table.add_column("prefix", overflow="fold")
-    table.add_column("strategy", no_wrap=True)
+    table.add_column("strategy", overflow="fold")
     table.add_column("name", overflow="fold")
-    table.add_column("log-prob", justify="right")
-    table.add_column("tokens / target call", justify="right")
+    table.add_column("log-prob", justify="right", overflow="fold")
+    table.add_column("tokens / target call", justify="right", overflow="fold")
     for i, prefix in enumerate(prefixes):
         ids = encode(prefix)
         for name, fn in strategies().items():
@@ -234,10 +234,10 @@ def diversity_table(Table, target, draft, prefixes: Sequence[str], seed: int):
     prompts = [encode(p) for p in prefixes]
     seeds = [seed + i for i in range(len(prompts))]
     table = Table(title=f"Diversity over {len(prompts)} prefixes (one batch)")
-    table.add_column("strategy", no_wrap=True)
-    table.add_column("distinct continuations", justify="right")
-    table.add_column("mean tokens", justify="right")
-    table.add_column("mean log-prob", justify="right")
+    table.add_column("strategy", overflow="fold")
+    table.add_column("distinct continuations", justify="right", overflow="fold")
+    table.add_column("mean tokens", justify="right", overflow="fold")
+    table.add_column("mean log-prob", justify="right", overflow="fold")
     for name, fn in strategies().items():
         distinct, length, lp = diversity(fn(target, draft, prompts, seeds,
                                            budget(target, prompts)))
@@ -276,8 +276,8 @@ def speculative_table(Table, target, draft, prefixes: Sequence[str], seed: int, 
                         repeats, done)
 
     table = Table(title="Speculative against plain sampling")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
+    table.add_column("measure", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
     table.add_row("draft tokens proposed", str(proposed))
     table.add_row("draft tokens accepted", str(accepted))
     table.add_row("acceptance rate", f"{accepted / proposed:.1%}" if proposed else "-")
@@ -314,7 +314,8 @@ def run(args: argparse.Namespace) -> int:
         if budget(target, [encode(prefix)]) < 1:
             raise ValueError(f"prefix {prefix!r} ({tokens(len(encode(prefix)))} with the start "
                              f"token) fills the target's context of "
-                             f"{tokens(target.max_context)}; give a shorter one")
+                             f"{tokens(target.max_context)}; give one of at most "
+                             f"{target.max_context - 2} letters")
     longest = max(DIVERSITY_PREFIXES, key=len)
     if budget(target, [encode(longest)]) < 1:
         raise ValueError(f"the target's context of {tokens(target.max_context)} leaves no "

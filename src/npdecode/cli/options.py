@@ -4,6 +4,7 @@ help formatter. (No rich here: the parser is built before rich is looked for.)""
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import textwrap
 from typing import Callable
@@ -22,6 +23,22 @@ def integer(text: str) -> int:
 
 
 _INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take '3_000' and '３'
+
+
+def finite(text: str) -> float:
+    """An argparse type: a finite number (argparse names the flag in its error)."""
+    shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {shown}") from None
+    if not math.isfinite(value):
+        beyond = "" if _NON_FINITE.fullmatch(text.strip()) else " (beyond the float range)"
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {shown}{beyond}")
+    return value
+
+
+_NON_FINITE = re.compile(r"[+-]?(inf|infinity|nan)", re.IGNORECASE)
 
 
 def at_least(minimum: int) -> Callable[[str], int]:

@@ -35,14 +35,15 @@ def hypotheses_table(title: str, hyps: Sequence[Hypothesis],
     Given ``max_new_tokens``, a hypothesis that stopped before it without finishing (the
     search does so when every next token is banned) is marked 'no*' (see ``stopped_early``).
     """
+    # On a narrow terminal every cell folds onto more lines rather than being cut short.
     table = Table(title=title, title_justify="left")
-    table.add_column("rank", justify="right")
-    table.add_column("tokens")
+    table.add_column("rank", justify="right", overflow="fold")
+    table.add_column("tokens", overflow="fold")
     if decode is not None:
-        table.add_column("text")
-    table.add_column("score", justify="right")
-    table.add_column("logprob", justify="right")
-    table.add_column("finished", justify="center")
+        table.add_column("text", overflow="fold")
+    table.add_column("score", justify="right", overflow="fold")
+    table.add_column("logprob", justify="right", overflow="fold")
+    table.add_column("finished", justify="center", overflow="fold")
     for rank, h in enumerate(hyps, 1):
         row = [str(rank), " ".join(map(str, h.tokens)) or "(none)"]
         if decode is not None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from npdecode.cli.options import at_least, integer
+from npdecode.cli.options import at_least, finite, integer
 from npdecode.cli.render import check_fits
-from npdecode.models.chargpt import CharGPTConfig, param_shapes
+from npdecode.models.chargpt import CharGPTConfig, count_params
 from npdecode.train import (RECIPES, TrainResult, bigram_loss, check_decay, load_names,
                             split_names, train)
 
@@ -76,9 +76,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="replace PATH if it exists (otherwise an existing file is an error)")
     p.add_argument("--steps", type=at_least(1), metavar="N", help="optimisation steps")
     p.add_argument("--batch-size", type=at_least(1), metavar="N", help="names per minibatch")
-    p.add_argument("--lr", type=float, metavar="RATE",
+    p.add_argument("--lr", type=finite, metavar="RATE",
                    help="peak learning rate (linear warm-up, then linear decay to 5%%)")
-    p.add_argument("--weight-decay", type=float, metavar="W",
+    p.add_argument("--weight-decay", type=finite, metavar="W",
                    help="AdamW weight decay of matrices and embeddings (0: plain Adam)")
     p.add_argument("--seed", type=at_least(0), default=0, metavar="N",
                    help="seed of the initial weights and of the minibatch draws; default: 0")
@@ -110,7 +110,7 @@ def check_memory(config: CharGPTConfig, batch: int, dtype: str) -> None:
     gradients and Adam's two moment estimates)."""
     T, L, H = config.max_context, config.n_layers, config.n_heads
     per_position = L * (2 * H * T + 10 * config.d_model + 3 * config.d_ff) + 4 * config.vocab_size
-    params = sum(math.prod(shape) for shape in param_shapes(config).values())
+    params = count_params(config)
     check_fits(np.dtype(dtype).itemsize * (batch * T * per_position + 4 * params),
                SIZE_OPTIONS)
 

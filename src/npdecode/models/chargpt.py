@@ -70,6 +70,14 @@ def param_shapes(cfg: CharGPTConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def count_params(cfg: CharGPTConfig) -> int:
+    """The number of scalars in ``param_shapes(cfg)``, counted without listing every layer
+    (a memory check must not itself run out of memory on a huge n_layers)."""
+    d, v, f = cfg.d_model, cfg.vocab_size, cfg.d_ff
+    per_layer = 2 * d + 3 * d * d + d * d + 2 * d * f   # two norms, Wqkv, Wo, W1, W2
+    return v * d + cfg.max_context * d + cfg.n_layers * per_layer + d + d * v + v
+
+
 def init_params(cfg: CharGPTConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Fresh float64 parameters: norms at 1, biases at 0, matrices ~ N(0, 1/fan_in).
 

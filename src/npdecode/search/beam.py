@@ -20,7 +20,9 @@ into equal values.
 A candidate's logprob is its parent's plus the token's max-shifted log-softmax,
 ``(logit - max) - log(sum(exp(logits - max)))``, added one step at a time: equal
 log-softmax values give exactly equal logprobs (rows that differ by a constant included),
-and the rule above decides between them rather than rounding.
+and the rule above decides between them rather than rounding. Sums that are equal only in
+exact arithmetic (two rows holding the same logits in another order sum their exponentials
+in another order) can differ in their last bit, and then that bit decides.
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
                                                               banned, rows)      # [B, k]
     cand_ok = cand_seq >= 0
     cand_slot = slot[cand_seq]  # where cand_seq is -1 this is junk, never used (not ok)
-    cand_score = cand_logprob / float(step + 1) ** alpha
+    with np.errstate(over="ignore"):  # a huge logprob over len ** alpha < 1: -inf, as meant
+        cand_score = cand_logprob / float(step + 1) ** alpha
 
     # The pool is formed from the item's finished hypotheses AND the new candidates. Finished
     # beams stay in the competition: a beam that ended early with a good score must be able
@@ -255,6 +258,10 @@ def batched_beam_search(model, prompts: Sequence[Sequence[int]], *, beam_width: 
     Args:
         model: any object with ``forward(token_ids (N, T)) -> logits (N, V)``; models with
             the cached protocol (``npdecode.models.CachedLM``) are decoded incrementally.
+            Ids and ``eos_token_id`` are checked against its ``vocab_size`` before any call;
+            a model without one has its vocabulary read off its first logits, so ids past
+            it are refused after that first call (and with max_new_tokens=0, which makes
+            no call, only negative ids are).
         prompts: one list of token ids per batch item; lengths may differ.
         beam_width: K, the pool size per item (may exceed the vocabulary).
         max_new_tokens: at most this many generated tokens per hypothesis.

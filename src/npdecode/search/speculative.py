@@ -73,7 +73,8 @@ def _checked(logits: object, n: int, t: int, vocab: int | None, items: np.ndarra
              who: str) -> np.ndarray:
     """Validate ``extend`` logits (n, t, V) of the rows whose batch items are ``items``."""
     check_extend_shape(logits, n, t, vocab, who=f"the {who} model")
-    check_logits(logits.reshape(n * t, -1), n * t, vocab, np.repeat(items, t))
+    check_logits(logits.reshape(n * t, -1), n * t, vocab, np.repeat(items, t),
+                 who=f"the {who} model")
     return np.asarray(logits, dtype=np.float64)
 
 
@@ -125,6 +126,9 @@ def speculative_sample(target, draft, prompts: Sequence[Sequence[int]], *,
     clean = check_prompts(prompts, vocab)
     k_max = check_int("num_draft_tokens", num_draft_tokens, minimum=1)
     n_new = check_int("max_new_tokens", max_new_tokens, minimum=0)
+    # No row ever proposes more than max_new_tokens drafts in a round: the caches and the
+    # uniforms drawn per round are sized by the smaller of the two.
+    k_max = min(k_max, max(n_new, 1))
     eos = check_eos(eos_token_id, vocab)
     check_context(target, clean, n_new, who="the target model")
     check_context(draft, clean, n_new, who="the draft model")
@@ -146,7 +150,7 @@ def speculative_sample(target, draft, prompts: Sequence[Sequence[int]], *,
     items = np.arange(B)
     for who, model, cache in (("target", target, tcache), ("draft", draft, dcache)):
         first = model.prefill(clean, cache)
-        check_logits(first, B, None, items)  # the width is checked here, naming the model
+        check_logits(first, B, None, items, who=f"the {who} model")  # its width: below
         if vocab is None:  # neither model declares its vocabulary: read it off the logits
             vocab = first.shape[1]
             check_ids(clean, eos, vocab)

@@ -134,11 +134,11 @@ def check_ids(prompts: list[list[int]], eos: int | None, vocab: int) -> None:
 
 def check_logits(logits: np.ndarray, n_rows: int, vocab_size: int | None,
                  items: np.ndarray, rows: np.ndarray | None = None, parts: int = 1,
-                 live: np.ndarray | None = None) -> np.ndarray:
+                 live: np.ndarray | None = None, who: str = "model") -> np.ndarray:
     """Validate one step's logits (n_rows, V); ``items[i]`` is sequence i's batch item and
     ``rows[i]`` its row of ``logits`` (default: row i). ``live`` (n_rows,) bool, if given,
     marks the rows whose values are checked (the others are placeholders whose logits are
-    never used); every row's shape is.
+    never used); every row's shape is. ``who`` names the model in the errors.
 
     Returns each row's maxima over ``parts`` consecutive column ranges (n_rows, parts), or
     its maximum alone (n_rows, 1) where the logits do not split that way (see
@@ -150,22 +150,22 @@ def check_logits(logits: np.ndarray, n_rows: int, vocab_size: int | None,
             vocab_size is not None and logits.shape[1] != vocab_size):
         shape = getattr(logits, "shape", type(logits).__name__)
         want = f"({n_rows}, {vocab_size if vocab_size is not None else 'V'})"
-        raise ValueError(f"model returned logits of shape {shape}; expected {want} "
+        raise ValueError(f"{who} returned logits of shape {shape}; expected {want} "
                          f"(one row per sequence, batch items {sorted(set(items.tolist()))})")
     if logits.dtype.kind != "f":
-        raise ValueError(f"model returned logits of dtype {logits.dtype}; expected floats")
+        raise ValueError(f"{who} returned logits of dtype {logits.dtype}; expected floats")
     m = part_maxima(logits, parts)                     # [n_rows, parts] or [n_rows, 1]
     if not np.isfinite(m).all():  # a range of -inf is fine while the row has a real token
         bad = np.isnan(m).any(axis=1) | np.isposinf(m).any(axis=1) | np.isneginf(m).all(axis=1)
         if live is not None:
             bad &= live
         if bad.any():
-            _raise_on_bad_row(logits, bad, items, rows)
+            _raise_on_bad_row(logits, bad, items, rows, who)
     return m
 
 
 def _raise_on_bad_row(logits: np.ndarray, bad: np.ndarray, items: np.ndarray,
-                      rows: np.ndarray | None) -> None:
+                      rows: np.ndarray | None, who: str) -> None:
     """Raise for the first row of ``logits`` marked ``bad`` (n,), naming its batch item."""
     r = int(np.flatnonzero(bad)[0])
     row = logits[r]
@@ -173,4 +173,4 @@ def _raise_on_bad_row(logits: np.ndarray, bad: np.ndarray, items: np.ndarray,
         items = items[np.argsort(rows)]
     what = ("NaN" if np.isnan(row).any() else "+inf" if np.isposinf(row).any()
             else "a row that is entirely -inf (no token has any probability)")
-    raise ValueError(f"model returned {what} in the logits for batch item {int(items[r])}")
+    raise ValueError(f"{who} returned {what} in the logits for batch item {int(items[r])}")
