@@ -71,6 +71,57 @@ def test_any_mix_of_fork_reorder_truncate_and_extend_agrees_with_forward(seed, w
     assert extends >= 5
 
 
+@pytest.mark.parametrize("after", ["reorder", "truncate"])
+def test_a_long_extend_through_flash_attention_after_a_reorder_or_a_ragged_rollback(after):
+    """An extend longer than the flash tile, (a) when every remaining row is left-padded (the
+    longest prompt's row is gone: the keys start before every row's first real slot), and
+    (b) when the rows' ends differ (a ragged rollback: flash needs a common end, so the dense
+    path runs)."""
+    from npdecode.attention.flash import FLASH_TILE
+    model = TinyLM(vocab_size=VOCAB, d_model=8, seed=4)
+    rng = np.random.default_rng(0)
+    cache = model.new_cache(2, 20 + FLASH_TILE)
+    if after == "reorder":
+        model.prefill([list(range(1, 11)), [4, 5, 6]], cache)
+        cache.reorder(np.array([1]))
+        seqs = [[4, 5, 6]]
+    else:
+        model.prefill([[1, 2, 3], [4, 5]], cache)
+        cache.truncate(cache.end[:2] - np.array([0, 1]))
+        seqs = [[1, 2, 3], [4]]
+    new = rng.integers(0, VOCAB, size=(len(seqs), FLASH_TILE + 2))
+    logits = model.extend(new, cache)
+    for j, s in enumerate(seqs):  # the last position, and one inside the first tile
+        for i in (new.shape[1] - 1, 5):
+            ref = model.forward(np.array([s + new[j, : i + 1].tolist()]))[0]
+            np.testing.assert_allclose(logits[j, i], ref, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["tinylm", "chargpt"])
+def test_an_extend_of_no_rows_gives_no_logits(kind):
+    from npdecode.models.chargpt import CharGPT, CharGPTConfig
+    model = (TinyLM(vocab_size=VOCAB, d_model=4, seed=0) if kind == "tinylm" else
+             CharGPT.init(CharGPTConfig(vocab_size=VOCAB, d_model=4, n_layers=2, n_heads=2,
+                                        d_ff=8, max_context=8)))
+    cache = model.new_cache(2, 8)
+    model.prefill([[1, 2], [3]], cache)
+    cache.reorder([])
+    assert model.extend(np.zeros((0, 2), dtype=np.int64), cache).shape == (0, 2, VOCAB)
+
+
+@pytest.mark.parametrize("end, says", [
+    ([2], r"truncate takes one end per row in use \(2\), got shape \(1,\)"),
+    ([1.9, 1], "truncate takes integer ends, got float64"),
+    ([4, 2], "truncate can only shorten rows"),
+])
+def test_truncate_refuses_ends_it_cannot_apply_exactly(end, says):
+    cache = cache_with_two_rows()
+    before = cache.end[:2].copy()
+    with pytest.raises(ValueError, match=says):
+        cache.truncate(np.array(end))
+    np.testing.assert_array_equal(cache.end[:2], before)
+
+
 def cache_with_two_rows():
     model = TinyLM(vocab_size=VOCAB, d_model=4, seed=0)
     cache = model.new_cache(4, 8)

@@ -445,8 +445,10 @@ def test_dense_attention_on_many_rows_with_and_without_the_max_shift(dtype, case
 
 
 @pytest.mark.parametrize("dtype, score, W, value", [
-    (np.float32, 79.0, 64, 400.0),       # exp(79) * 400 * 64 keys: the product overflows
+    (np.float32, 79.0, 64, 400.0),       # exp(79) * 64 keys is near the float32 limit
     (np.float32, 79.9, 8192, 1.0),       # exp(79.9) * 8192 keys: the weights' sum overflows
+    (np.float32, 79.9, 8192, 1e-3),      # ... while the product of small values would not
+    (np.float32, 78.5, 2, 1e5),          # exp(78.5) * 1e5: the unshifted product overflows
     (np.float64, 699.0, 64, 1e10)])
 def test_dense_attention_on_many_rows_does_not_overflow_where_the_definition_does_not(
         dtype, score, W, value):

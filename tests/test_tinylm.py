@@ -260,6 +260,20 @@ def test_models_compute_in_float32_or_float64_only(dtype):
         load_draft(dtype=dtype)
 
 
+@pytest.mark.parametrize("swapped, native", [(">f8", np.float64), ("<f4", np.float32),
+                                             (np.dtype("f8").newbyteorder(), np.float64)])
+def test_a_byte_swapped_dtype_computes_in_the_native_one(swapped, native):
+    from npdecode import batched_beam_search
+    from npdecode.models.pretrained import load_draft
+
+    model = TinyLM(vocab_size=10, d_model=4, seed=0, dtype=swapped)
+    assert model.dtype == np.dtype(native) and model.dtype.isnative
+    assert load_draft(dtype=swapped).dtype == np.dtype(native)
+    want = batched_beam_search(TinyLM(vocab_size=10, d_model=4, seed=0, dtype=native),
+                               [[1, 2], [3]], beam_width=2, max_new_tokens=3)
+    assert batched_beam_search(model, [[1, 2], [3]], beam_width=2, max_new_tokens=3) == want
+
+
 @pytest.mark.parametrize("ids", [
     np.array([[1.0, 2.0]]),                  # floats, even whole ones
     np.array([[True, False]]),               # bools

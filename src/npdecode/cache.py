@@ -189,6 +189,8 @@ class KVCache:
         average from the dense path and zeros from the flash path: finite either way, unused.
         """
         n, _, t, _ = q.shape
+        if n == 0:  # no rows: nothing to attend to (and no maximum of their ends)
+            return np.zeros(q.shape, dtype=q.dtype)
         lo, e = self._bounds()
         hi = int(self.end[:n].max()) + t if e is None else e + t
         # Flash attention aligns the queries to the end of the keys, so every row must be at
@@ -357,7 +359,13 @@ class KVCache:
 
     def truncate(self, end: np.ndarray) -> None:
         """Roll rows back: row r keeps slots up to ``end[r]`` (at most its current end)."""
-        end = np.asarray(end, dtype=np.int64)
+        end = np.asarray(end)
+        if end.shape != (self.n,):
+            raise ValueError(f"truncate takes one end per row in use ({self.n}), got shape "
+                             f"{end.shape}")
+        if end.dtype.kind not in "iu":
+            raise ValueError(f"truncate takes integer ends, got {end.dtype}")
+        end = end.astype(np.int64, copy=False)
         if (end > self.end[: self.n]).any() or (end < self.start[: self.n]).any():
             raise ValueError("truncate can only shorten rows, not below their first real slot")
         self.end[: self.n] = end

@@ -33,11 +33,14 @@ def dense_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, visible: np.nda
     if scores.size >= _MANY_ROWS * W:
         unshifted = _unshifted_weights(scores)
         if unshifted is not None:
-            out = unshifted[0] @ v                                      # [..., tq, Dv]
-            out /= unshifted[1]
             # Unshifted weights reach e^80 / W in float32: with large values their products
-            # can overflow. Then the shifted weights (at most 1) below, as the definition.
-            if math.isfinite(out.sum()):
+            # can overflow. Then the shifted weights (at most 1) below, as the definition;
+            # the overflow is expected, not warned about.
+            with np.errstate(over="ignore", invalid="ignore"):
+                out = unshifted[0] @ v                                  # [..., tq, Dv]
+                out /= unshifted[1]
+                finite = math.isfinite(out.sum())
+            if finite:
                 return out
         scores -= part_maxima(scores.reshape(-1, W), 1).reshape(*scores.shape[:-1], 1)
         weights = np.exp(scores, out=scores)

@@ -166,7 +166,7 @@ class CharGPT:
             qkv = linear(h, p[f"h{i}.Wqkv"]).reshape(N, T, 3, H, Dh)   # [N, T, 3, H, Dh]
             q, k, v = qkv.transpose(2, 0, 3, 1, 4)                     # [N, H, T, Dh] each
             a = dense_attention(q, k, v, visible, self._scale)         # [N, H, T, Dh]
-            a = a.transpose(0, 2, 1, 3).reshape(N, T, -1)              # [N, T, d]
+            a = a.transpose(0, 2, 1, 3).reshape(N, T, cfg.d_model)     # [N, T, d]
             x = x + linear(a, p[f"h{i}.Wo"])
             x = x + self._mlp(x, i)
         return self._head(x)                                           # [N, T, V]
@@ -222,7 +222,7 @@ class CharGPT:
             q, k, v = qkv.transpose(2, 0, 3, 1, 4)                     # [n, H, t, Dh] each
             cache.write(i, k, v)
             a = cache.attend(i, q, self._scale)                        # [n, H, t, Dh]
-            a = a.transpose(0, 2, 1, 3).reshape(n, t, -1)              # [n, t, d]
+            a = a.transpose(0, 2, 1, 3).reshape(n, t, cfg.d_model)     # [n, t, d]
             x = x + linear(a, p[f"h{i}.Wo"])
             x = x + self._mlp(x, i)
         cache.advance(t)

@@ -88,14 +88,15 @@ def is_cached(model: object) -> bool:
 
 
 def model_dtype(dtype: object) -> np.dtype:
-    """float32 or float64, the precisions the models compute in; anything else is refused."""
+    """float32 or float64, the precisions the models compute in, in the machine's byte order
+    (a byte-swapped '>f8' computes as float64); anything else is refused."""
     try:
         dt = np.dtype(dtype) if dtype is not None else None  # np.dtype(None) is float64
     except TypeError:
         dt = None
     if dt is None or dt.name not in ("float32", "float64"):
         raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-    return dt
+    return np.dtype(dt.name)
 
 
 def token_array(tokens, name: str = "token_ids", *, forward: bool = False) -> np.ndarray:

@@ -93,4 +93,4 @@ class TinyLM:
         x += a @ self.Wo                                       # in place: same sums as forward
         h = x @ self.W1                                        # [n*t, 4d]
         x += np.maximum(h, 0, out=h) @ self.W2
-        return (x @ self.lm_head).reshape(n, t, -1)            # [n, t, V]
+        return (x @ self.lm_head).reshape(n, t, self.vocab_size)  # [n, t, V]
