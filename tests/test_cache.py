@@ -109,6 +109,16 @@ def test_an_extend_of_no_rows_gives_no_logits(kind):
     assert model.extend(np.zeros((0, 2), dtype=np.int64), cache).shape == (0, 2, VOCAB)
 
 
+@pytest.mark.parametrize("prompts, says", [
+    ([], "no prompts to prefill"),
+    ([[1], []], "prompt 1 is empty: a model needs at least one token"),
+])
+def test_prefill_refuses_no_prompts_and_an_empty_one(prompts, says):
+    model = TinyLM(vocab_size=VOCAB, d_model=4, seed=0)
+    with pytest.raises(ValueError, match=says):
+        model.prefill(prompts, model.new_cache(2, 8))
+
+
 @pytest.mark.parametrize("end, says", [
     ([2], r"truncate takes one end per row in use \(2\), got shape \(1,\)"),
     ([1.9, 1], "truncate takes integer ends, got float64"),

@@ -147,9 +147,15 @@ def prefill_with_extend(model: CachedLM, prompts: Sequence[Sequence[int]], cache
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Prompts -> (ids (N, T) right-aligned, lengths (N,)). Padding slots hold ``pad_id``.
-    A prompt that is not a sequence of integers is refused (it would be cast silently)."""
+    A prompt that is not a sequence of integers is refused (it would be cast silently), and
+    so are no prompts and an empty one (there is no last token to predict from)."""
+    if not len(prompts):
+        raise ValueError("no prompts to prefill: give at least one")
     lengths = np.array([len(p) for p in prompts], dtype=np.int64)
-    width = int(lengths.max()) if len(prompts) else 0
+    if not lengths.min():
+        raise ValueError(f"prompt {int(lengths.argmin())} is empty: a model needs at least one "
+                         f"token to predict the next")
+    width = int(lengths.max())
     ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
     for i, p in enumerate(prompts):
         row = np.asarray(p)
