@@ -12,7 +12,7 @@ from typing import Callable
 
 def integer(text: str) -> int:
     """An argparse type: an integer (argparse names the flag in its error)."""
-    shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+    shown = _shown(text)
     if not _INTEGER.fullmatch(text.strip()):
         raise argparse.ArgumentTypeError(f"expected an integer, got {shown}")
     try:
@@ -27,7 +27,7 @@ _INTEGER = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also tak
 
 def finite(text: str) -> float:
     """An argparse type: a finite number (argparse names the flag in its error)."""
-    shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+    shown = _shown(text)
     try:
         value = float(text)
     except ValueError:
@@ -39,6 +39,11 @@ def finite(text: str) -> float:
 
 
 _NON_FINITE = re.compile(r"[+-]?(inf|infinity|nan)", re.IGNORECASE)
+
+
+def _shown(text: str) -> str:
+    """An option's text as an error quotes it: in quotes, a long one cut short."""
+    return repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
