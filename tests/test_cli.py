@@ -7,6 +7,7 @@ import pytest
 
 from npdecode import TinyLM, batched_beam_search
 from npdecode.cli import SUBCOMMANDS, main
+from table_text import table_rows, unspaced
 
 
 def test_beam_prints_each_prompts_hypotheses_as_the_library_computes_them(capsys):
@@ -32,19 +33,10 @@ def test_beam_on_a_narrow_terminal_folds_its_cells_and_cuts_none(columns, monkey
                  "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
     assert "…" not in out
-    rows = []  # each hypothesis' cells, its folded parts joined (a rank starts a row)
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.strip("│").split("│")]
-        if not line.startswith("│") or len(cells) != 5:
-            continue
-        if cells[0] or not rows:
-            rows.append(cells)
-        else:
-            rows[-1] = [a + b for a, b in zip(rows[-1], cells)]
     want = batched_beam_search(TinyLM(1000, 64, seed=0), [[3, 14, 159]], beam_width=2,
                                max_new_tokens=4, alpha=0.6)[0]  # the command's default
     # A folded cell loses the space at its fold, so the tokens are compared without spaces.
-    assert [[r[0], r[1].replace(" ", ""), *r[2:]] for r in rows] == [
+    assert [[r[0], unspaced(r[1]), *r[2:]] for r in table_rows(out, 5)] == [
         [str(rank), "".join(map(str, h.tokens)), f"{h.score:.4f}", f"{h.logprob:.4f}", "no"]
         for rank, h in enumerate(want, 1)]
 

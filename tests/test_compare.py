@@ -16,6 +16,7 @@ from npdecode.models.pretrained import load_draft, load_target
 from npdecode.search.beam import batched_beam_search
 from npdecode.search.sampling import greedy
 from npdecode.search.speculative import speculative_sample
+from table_text import table_rows, unspaced
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -39,27 +40,6 @@ def row_value(text: str, label: str) -> str:
     m = re.search(re.escape(label) + r"[^│]*│\s*([^│]+?)\s*│", text)
     assert m, f"row {label!r} not found"
     return m.group(1)
-
-
-def table_rows(text: str, columns: int) -> list[list[str]]:
-    """The cells of every row of the printed tables with ``columns`` columns, a cell folded
-    onto more lines joined again (its row's continuation lines have an empty last cell: the
-    numbers there are short enough not to fold). A folded cell's parts are joined with no
-    space: where the fold fell at a space, that space is lost."""
-    rows = []
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("│").split("│")]
-        if not line.startswith("│") or len(cells) != columns:
-            continue
-        if cells[-1] or not rows:
-            rows.append(cells)
-        else:
-            rows[-1] = [a + b for a, b in zip(rows[-1], cells)]
-    return rows
-
-
-def unspaced(text: str) -> str:
-    return text.replace(" ", "")
 
 
 def test_diversity_counts_distinct_continuations():

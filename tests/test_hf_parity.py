@@ -424,13 +424,8 @@ def test_hf_policy_is_batch_independent_without_ngram_bans(hf, models):
 ])
 def test_hf_policy_gives_the_same_results_through_the_cache_and_through_forward(kw):
     """TinyLM through its KV cache, and through ``forward`` alone (the prefixes re-run)."""
-    class ForwardOnly:
-        vocab_size = 12
-
-        def __init__(self, model):
-            self.forward = model.forward
-
     from npdecode import TinyLM
+    from toy_models import ForwardOnly
     model = TinyLM(vocab_size=12, d_model=8, seed=5)
     prompts = [[3, 1, 4, 1, 5], [9], [2, 6, 5, 3]]
     cached = beam_search(model, prompts, max_new_tokens=7, eos_token_id=4, policy="hf", **kw)

@@ -16,21 +16,11 @@ from npdecode import TinyLM
 from npdecode.search import processors as P
 from npdecode.search.ngrams import banned_tokens
 from npdecode.search.sampling import Generation, greedy, sample
-from toy_models import FixedLogits, Recording
+from toy_models import FixedLogits, ForwardOnly, Recording
 
 LOGITS = np.array([2.0, 1.6, 1.1, 0.9, 0.3, -0.2, -1.0, -2.5])  # fixed next-token logits
 N_DRAWS = 10_000
 TOL = 0.01   # the required tolerance; the largest binomial std here is sqrt(.25 / 1e4) = 0.005
-
-
-class ForwardOnly:
-    """Hides the cached protocol of a model, forcing the recompute path."""
-
-    def __init__(self, model):
-        self.model, self.vocab_size = model, model.vocab_size
-
-    def forward(self, ids):
-        return self.model.forward(ids)
 
 
 def softmax(x):

@@ -1,5 +1,5 @@
-"""Small test models: a wrapper that records every call of a cached model, and a model whose
-logits never change."""
+"""Small test models: a wrapper that records every call of a cached model, one that hides its
+cached protocol, and a model whose logits never change."""
 
 from __future__ import annotations
 
@@ -31,6 +31,16 @@ class Recording:
     def extend_rows(self) -> list[int]:
         """Rows of each extend call, in order."""
         return [n for kind, n, _ in self.log if kind == "extend"]
+
+
+class ForwardOnly:
+    """Hides the cached protocol of a model, forcing the recompute path."""
+
+    def __init__(self, model):
+        self.model, self.vocab_size = model, model.vocab_size
+
+    def forward(self, ids):
+        return self.model.forward(ids)
 
 
 class FixedLogits:
