@@ -77,17 +77,22 @@ def test_a_prompt_array_of_other_than_one_dimension_is_refused(model, prompt, sh
                    rf"of shape {shape}", prompts=[[1], prompt])
 
 
-@pytest.mark.parametrize("value", [0, -3, 2.0, True, None])
+@pytest.mark.parametrize("value", [0, -3, 2.0, True, None, 2 ** 63, 10 ** 400])
 def test_beam_width_must_be_a_positive_integer(model, value):
     refused(model, "beam_width", beam_width=value)
 
 
-@pytest.mark.parametrize("value", [-1, 1.0, "4"])
+@pytest.mark.parametrize("value", [-1, 1.0, "4", 2 ** 63, 10 ** 400])
 def test_max_new_tokens_must_be_a_non_negative_integer(model, value):
     refused(model, "max_new_tokens", max_new_tokens=value)
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_a_budget_whose_cache_cannot_fit_in_memory_is_refused_before_decoding(model):
+    # TinyLM has no context limit; a KV cache for 10**12 positions exceeds any machine.
+    refused(model, "max_new_tokens", max_new_tokens=10 ** 12)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf"), 10 ** 400])
 def test_alpha_must_be_finite(model, value):
     refused(model, "alpha", alpha=value)
 
@@ -355,3 +360,12 @@ def test_logits_checked_by_column_ranges_still_find_every_fault():
     bad[1] = -np.inf
     with pytest.raises(ValueError, match="entirely -inf.*batch item 1"):
         check_logits(bad, 2, 6, items, parts=2)
+
+
+def test_the_hf_policy_refuses_a_budget_its_buffers_cannot_hold():
+    from npdecode import beam_search
+    from toy_models import FixedLogits
+
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        beam_search(FixedLogits([0.0, -1.0]), [[1]], num_beams=2, max_new_tokens=10 ** 12,
+                    eos_token_id=0, policy="hf")

@@ -1,5 +1,6 @@
 """Numerical robustness: huge logits, masked tokens, long generations."""
 
+import functools
 import math
 import warnings
 
@@ -105,6 +106,27 @@ def test_ten_thousand_steps_stay_finite_and_exact():
     lp = log_softmax(m.extend(seq[None], cache)[0])          # [T, V]
     want = lp[np.arange(2, len(seq) - 1), seq[3:]].sum()
     assert abs(best.logprob - want) < 1e-8 * abs(want)
+
+
+@pytest.mark.parametrize("strategy", ["beam", "greedy", "sample"])
+def test_a_budget_beyond_memory_that_eos_cuts_short_costs_only_what_is_generated(strategy):
+    """A model without a context limit and a cache (nothing sized by the budget outside the
+    search): 10**12 tokens could not be held, but EOS (token 0, the most likely) ends every
+    hypothesis within two steps, so that is all the search may hold."""
+    from npdecode import greedy, sample
+
+    model = FixedLogits([0.0, -1.0, -3.0])
+    lp = log_softmax(np.array([0.0, -1.0, -3.0]))
+    kw = dict(max_new_tokens=10 ** 12, eos_token_id=0)
+    if strategy == "beam":
+        res = batched_beam_search(model, [[1]], beam_width=2, **kw)[0]
+        # [0] alone, then [1, 0]: both finished, so the search stops (global early stop).
+        assert [(h.tokens, h.finished) for h in res] == [([0], True), ([1, 0], True)]
+        assert abs(res[1].logprob - (lp[1] + lp[0])) < 1e-12
+    else:
+        run = greedy if strategy == "greedy" else functools.partial(sample, top_k=1, seed=0)
+        (gen,) = run(model, [[1]], **kw)
+        assert gen.tokens == [0] and gen.finished and abs(gen.logprob - lp[0]) < 1e-12
 
 
 def test_candidates_of_an_impossible_hypothesis_rank_by_their_logits():

@@ -19,8 +19,10 @@ from npdecode.search.sampling import Generation, greedy, sample
 from toy_models import FixedLogits, ForwardOnly, Recording
 
 LOGITS = np.array([2.0, 1.6, 1.1, 0.9, 0.3, -0.2, -1.0, -2.5])  # fixed next-token logits
-N_DRAWS = 10_000
-TOL = 0.01   # the required tolerance; the largest binomial std here is sqrt(.25 / 1e4) = 0.005
+N_DRAWS = 60_000
+SIGMAS = 5   # a frequency may stray 5 binomial standard deviations from its probability: a
+#              correct sampler fails about once in a million runs whatever the seeds, while
+#              a wrong token probability stands out (at most 0.01 for this N and these p)
 
 
 def softmax(x):
@@ -45,7 +47,8 @@ def frequencies(**kwargs) -> np.ndarray:
 
 def assert_top5_close(freq, exact):
     top5 = np.argsort(-exact, kind="stable")[:5]
-    assert np.abs(freq[top5] - exact[top5]).max() < TOL
+    tol = SIGMAS * np.sqrt(exact[top5] * (1 - exact[top5]) / N_DRAWS)
+    assert (np.abs(freq[top5] - exact[top5]) <= tol).all()  # (0 <= 0 where p is 0)
     assert freq[exact == 0].sum() == 0   # filtered tokens are never drawn
 
 
@@ -105,6 +108,17 @@ def test_temperature_scales_logits_by_one_over_t_exactly():
         assert np.array_equal(P.apply_temperature(X, t), X / t)
         want = np.stack([softmax(row / t) for row in X])
         np.testing.assert_allclose(P.distribution(X, temperature=t), want, rtol=1e-12, atol=0)
+
+
+def test_a_huge_temperature_brings_logits_further_apart_than_float64_back_together():
+    """Logits 3e308 apart (their difference overflows float64) at T = 1e308 are 1.5 and -1.5:
+    p = 1 / (1 + e^-3) and its complement, not a one-hot on the max."""
+    x = np.array([[1.5e308, -1.5e308]])
+    p0 = 1 / (1 + math.exp(-3.0))
+    got = P.distribution(x, temperature=1e308)
+    np.testing.assert_allclose(got, [[p0, 1 - p0]], rtol=1e-12)
+    # A difference that overflows even after the division has probability 0 either way.
+    assert P.distribution(x, temperature=1.5).tolist() == [[1.0, 0.0]]
 
 
 def test_top_k_keeps_k_best_with_ties_to_lowest_id():
@@ -544,7 +558,13 @@ def test_zero_new_tokens_and_empty_batch():
     (dict(seed=-1), "seed"),
     (dict(max_new_tokens=-1), "max_new_tokens"),
     (dict(max_new_tokens=2.0), "max_new_tokens"),
+    (dict(max_new_tokens=2 ** 63), "max_new_tokens"),
     (dict(eos_token_id=30), "eos_token_id"),
+    # Numbers beyond float64 (float() of them overflows): refused by name, not an OverflowError.
+    (dict(temperature=10 ** 400), "temperature"),
+    (dict(top_p=10 ** 400), "top_p"),
+    (dict(frequency_penalty=-10 ** 400), "frequency_penalty"),
+    (dict(top_k=10 ** 400), "top_k"),
 ])
 def test_bad_options_are_refused_before_any_work(kwargs, match):
     class Untouchable(ForwardOnly):

@@ -31,6 +31,7 @@ import numpy as np
 
 from npdecode.attention.dense import dense_attention
 from npdecode.attention.flash import FLASH_TILE, flash_attention_fwd
+from npdecode.memory import check_fits
 
 
 _COPY_BLOCK = 32  # at most this many rows per copy in ``fork``
@@ -45,7 +46,11 @@ class KVCache:
     def __init__(self, *, layers: int, rows: int, heads: int, slots: int, head_dim: int,
                  dtype=np.float64):
         # Keys and values share one buffer, so that copying a row moves both in one call.
-        self._buf = np.zeros(2 * layers * rows * heads * slots * head_dim, dtype=dtype)
+        size = 2 * layers * rows * heads * slots * head_dim
+        check_fits(size * np.dtype(dtype).itemsize + rows * slots * 8,  # + origin, int64
+                   f"max_new_tokens or the number of sequences (a KV cache of {rows:,} x "
+                   f"{slots:,} positions)")
+        self._buf = np.zeros(size, dtype=dtype)
         self._dims = (layers, rows, heads, head_dim)
         # Blocks grow with the rows, and are read whole, only in a large cache (see the module
         # docstring); a smaller one keeps all its slots in every block.

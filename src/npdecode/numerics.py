@@ -50,6 +50,18 @@ def _part_starts(n: int, V: int, parts: int) -> np.ndarray:
     return read_only(np.arange(n)[:, None] * V + np.arange(0, V, V // parts))
 
 
+# Token histories start with room for this many tokens per sequence and double as they fill
+# (``grow``): a large max_new_tokens that EOS cuts short costs no more than what is generated.
+FIRST_CAPACITY = 64
+
+
+def grow(history: np.ndarray, need: int) -> np.ndarray:
+    """``history`` (..., C) with its last axis extended by zeros to max(2 C, need) entries."""
+    more = max(history.shape[-1], need - history.shape[-1])
+    pad = np.zeros(history.shape[:-1] + (more,), dtype=history.dtype)
+    return np.concatenate([history, pad], axis=-1)
+
+
 def read_only(a: np.ndarray) -> np.ndarray:
     """``a``, made read-only: for small constant arrays cached and reused across calls."""
     a.flags.writeable = False

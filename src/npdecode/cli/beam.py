@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from npdecode.cli.options import at_least, finite, integer
-from npdecode.cli.render import check_fits, console, hypotheses_table, stopped_early
+from npdecode.cli.render import console, hypotheses_table, stopped_early
+from npdecode.memory import check_fits
 from npdecode.models.tinylm import TinyLM
 from npdecode.search.beam import batched_beam_search, count_hypotheses
 from npdecode.search.validate import check_length_penalty, check_request

@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Sequence
 
 from rich.console import Console
 from rich.table import Table
 
 from npdecode.search.beam import Hypothesis
-
-
-def check_fits(need: int, lower: str) -> None:
-    """Refuse, before building anything, settings that need more than the machine's memory:
-    ``need`` bytes estimated, ``lower`` the options that would bring it down."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # not a POSIX system: no estimate
-        return
-    if need > total:
-        raise ValueError(f"these settings need about {need / 2**30:,.1f} GiB and this machine "
-                         f"has {total / 2**30:,.1f} GiB: lower {lower}")
 
 
 def console() -> Console:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from npdecode.cli.options import at_least, finite, integer
-from npdecode.cli.render import check_fits
+from npdecode.memory import check_fits
 from npdecode.models.chargpt import CharGPTConfig, count_params
 from npdecode.train import (RECIPES, TrainResult, bigram_loss, check_decay, load_names,
                             split_names, train)

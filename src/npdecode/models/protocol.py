@@ -53,19 +53,36 @@ class CachedLM(LM, Protocol):
 
 
 def check_int(name: str, value: object, *, minimum: int) -> int:
-    """An integer >= minimum (bools are refused), else ValueError saying how to fix it."""
+    """An integer >= minimum and below 2**63 (bools are refused), else ValueError saying how
+    to fix it. (Counts and sizes become array dimensions and indices, which are int64.)"""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {_brief(value)}")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be >= {minimum}, got {_brief(value)}")
+    if value >= _INT64_END:
+        raise ValueError(f"{name} must be below 2**63, got {_brief(value)}")
     return int(value)
+
+
+_INT64_END = 2 ** 63
 
 
 def check_finite(name: str, value: object) -> float:
     """A finite real number, else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    if not isinstance(value, bool) and isinstance(value, numbers.Real):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer or fraction beyond float64's range
+            number = math.inf
+        if math.isfinite(number):
+            return number
+    raise ValueError(f"{name} must be a finite number, got {_brief(value)}")
+
+
+def _brief(value: object) -> str:
+    """``repr(value)``, shortened when long (an integer of hundreds of digits, say)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...{text[-10:]} ({len(text)} characters)"
 
 
 def id_list(ids: Sequence[int], vocab_size: int) -> list[int]:

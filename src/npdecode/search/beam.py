@@ -33,7 +33,7 @@ from typing import Sequence
 
 import numpy as np
 
-from npdecode.numerics import part_maxima, read_only
+from npdecode.numerics import FIRST_CAPACITY, grow, part_maxima, read_only
 from npdecode.search.candidates import log_normalizer, top_candidates
 from npdecode.search.ngrams import ngram_ban_mask
 from npdecode.search.runner import make_runner
@@ -69,7 +69,7 @@ class BeamState:
     def __init__(self, tokens: np.ndarray, length: np.ndarray, logprob: np.ndarray,
                  score: np.ndarray, finished: np.ndarray, valid: np.ndarray,
                  all_slots: tuple[np.ndarray, np.ndarray], stopped: np.ndarray | None = None):
-        self.tokens = tokens        # [B, K, T] int32  generated tokens; only [:length] counts
+        self.tokens = tokens        # [B, K, C] int32  generated tokens; only [:length] counts
         self.length = length        # [B, K]    int64  number of generated tokens
         self.logprob = logprob      # [B, K]    float64 raw sum of log-probabilities
         self.score = score          # [B, K]    float64 length-penalized score
@@ -94,8 +94,10 @@ class BeamState:
         valid[:, 0] = True
         all_slots = (np.repeat(np.arange(batch), beam_width),
                      np.tile(np.arange(beam_width), batch))
-        # int32 halves the history copied each step (token ids are vocabulary indices).
-        return cls(tokens=np.zeros((batch, beam_width, max(max_new_tokens, 1)), dtype=np.int32),
+        # int32 halves the history copied each step (token ids are vocabulary indices); its
+        # capacity doubles as the hypotheses grow (``beam_step``, ``grow``).
+        capacity = min(max(max_new_tokens, 1), FIRST_CAPACITY)
+        return cls(tokens=np.zeros((batch, beam_width, capacity), dtype=np.int32),
                    length=np.zeros((batch, beam_width), dtype=np.int64),
                    logprob=np.zeros((batch, beam_width)),
                    score=np.zeros((batch, beam_width)),
@@ -180,7 +182,9 @@ def beam_step(state: BeamState, logits: np.ndarray, *, step: int, alpha: float,
         new_valid = ok[b, order]
         logprob = np.concatenate([state.logprob, cand_logprob], axis=1)[b, order]
         score = score[b, order]
-    tokens = state.tokens[b, new_parent]                                  # [B, K, T]
+    tokens = state.tokens[b, new_parent]                                  # [B, K, C]
+    if step >= tokens.shape[2]:  # full: double the capacity
+        tokens = grow(tokens, step + 1)
     # Every unfinished hypothesis has exactly `step` tokens: a candidate has step + 1.
     ends = (new_token == eos_token_id if eos_token_id is not None
             else np.zeros((B, K), dtype=bool))                            # [B, K]

@@ -48,6 +48,7 @@ from typing import Sequence
 
 import numpy as np
 
+from npdecode.memory import check_fits
 from npdecode.numerics import log_softmax
 from npdecode.search.beam import Hypothesis, batched_beam_search, count_hypotheses
 from npdecode.search.ngrams import ngram_ban_mask
@@ -242,6 +243,8 @@ def hf_beam_search(model, prompts: Sequence[Sequence[int]], *, num_beams: int,
         K = min(K, count_hypotheses(vocab, T, cap=K))
     pad = pad_token_id if pad_token_id is not None else eos if eos is not None else -1
     B, W = len(prompts), max(len(p) for p in prompts)
+    # Its running rows and finished set hold max_new_tokens slots per beam from the start.
+    check_fits(B * K * (W + 2 * T) * 8, "max_new_tokens, num_beams or the number of prompts")
     st = HFBeamState.initial(prompts, K, T, pad)
     runner = make_runner(model, prompts, rows=B * K, new_tokens=T)
     logits = runner.start()                                              # [B, V]

@@ -120,14 +120,20 @@ def warp(logits: np.ndarray, *, temperature: float, top_k: int = 0, top_p: float
          min_p: float = 0.0) -> np.ndarray:
     """Temperature (> 0), then top-k, top-p, min-p: logits (N, V) -> processed logits (N, V).
 
-    Each row is first shifted so that its max is 0. The resulting distribution is the same
+    Each row is shifted so that its max is 0. The resulting distribution is the same
     (softmax and every filter here ignore a constant shift), and dividing by a tiny
-    temperature can then not overflow to inf - inf = NaN.
+    temperature can then not overflow to inf - inf = NaN. A temperature above 1 divides
+    first, so that it brings logits that lie further apart than the float64 range back
+    within it; a difference that still overflows to -inf has probability 0 either way.
     """
     x = np.asarray(logits, dtype=np.float64)                  # [N, V]
+    if temperature > 1:
+        x = apply_temperature(x, temperature)
     row_max = x.max(axis=1, keepdims=True)                    # [N, 1]
     with np.errstate(over="ignore"):  # a tiny T sends low logits to -inf: zero probability
-        x = apply_temperature(x - np.where(np.isfinite(row_max), row_max, 0.0), temperature)
+        x = x - np.where(np.isfinite(row_max), row_max, 0.0)
+        if temperature <= 1:
+            x = apply_temperature(x, temperature)
     x = top_k_filter(x, top_k)
     x = top_p_filter(x, top_p)
     return min_p_filter(x, min_p)

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from npdecode.numerics import log_softmax
+from npdecode.numerics import FIRST_CAPACITY, grow, log_softmax
 from npdecode.search import processors as P
 from npdecode.search.ngrams import ngram_ban_mask
 from npdecode.search.runner import make_runner
@@ -148,7 +148,8 @@ def _decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos: int | 
         return [Generation() for _ in prompts]
     runner = make_runner(model, prompts, rows=B, new_tokens=max_new_tokens)
     items = np.arange(B)                          # [n] batch item of each live row
-    tokens = np.zeros((B, max_new_tokens), dtype=np.int64)   # [B, T] generated tokens
+    # [B, C] generated tokens; the capacity C doubles as they grow (``grow``).
+    tokens = np.zeros((B, min(max_new_tokens, FIRST_CAPACITY)), dtype=np.int64)
     length = np.zeros(B, dtype=np.int64)          # [B] tokens generated so far
     logprob = np.zeros(B)                         # [B] float64
     finished = np.zeros(B, dtype=bool)            # [B]
@@ -171,6 +172,8 @@ def _decode(model, prompts: list[list[int]], *, max_new_tokens: int, eos: int | 
         ok = tok >= 0                                                   # [n] rows with a token
         lp = log_softmax(raw)[np.arange(len(items)), np.maximum(tok, 0)]  # [n]
         b_ok = items[ok]                                                # [m] distinct items
+        if step >= tokens.shape[1]:
+            tokens = grow(tokens, step + 1)
         tokens[b_ok, length[b_ok]] = tok[ok]
         length[b_ok] += 1
         if counts is not None:
