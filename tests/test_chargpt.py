@@ -189,6 +189,25 @@ def test_load_names_the_file_of_a_parameter_of_the_wrong_shape(model, tmp_path):
     assert str(path) in str(err.value)
 
 
+@pytest.mark.parametrize("value, match", [
+    (lambda w: w.astype(np.int64), r"parameter wte holds int64 values"),
+    (lambda w: w.astype(np.complex128), r"parameter wte holds complex128 values"),
+    (lambda w: np.where(np.arange(w.size).reshape(w.shape) == 7, np.nan, w),
+     r"parameter wte holds NaN or infinite values"),
+    (lambda w: w.astype(object), r"not an .npz archive written by CharGPT.save: .*pickle"),
+], ids=["integers", "complex", "nan", "objects"])
+def test_load_refuses_parameters_that_are_not_finite_floats_naming_the_file(model, tmp_path,
+                                                                             value, match):
+    import json
+    from dataclasses import asdict
+    path = tmp_path / "bad.npz"
+    params = dict(model.params, wte=value(model.params["wte"]))
+    np.savez(path, config=np.array(json.dumps(asdict(model.config))), **params)
+    with pytest.raises(ValueError, match=match) as err:
+        CharGPT.load(path)
+    assert str(path) in str(err.value)
+
+
 @pytest.mark.parametrize("text, match", [("{nope", "not valid JSON"),
                                          ("[16, 2]", "not a JSON object")])
 def test_load_refuses_a_stored_config_that_is_not_a_json_object(model, tmp_path, text, match):

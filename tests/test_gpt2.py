@@ -160,6 +160,40 @@ def test_search_refuses_prompt_that_would_outgrow_the_context(tmp_path):
         check_context(model, [[1] * 30], POSITIONS - 29)
 
 
+def _no_unknown_tokenizer(tmp_path, kind="bpe"):
+    """A tokenizer.json whose model knows h, e, l, o (and, for "bpe", the merges of "hello")
+    and has no unknown token: any other character has no token at all."""
+    import tokenizers
+    vocab = {"h": 0, "e": 1, "l": 2, "o": 3}
+    if kind == "bpe":
+        model = tokenizers.models.BPE({**vocab, "he": 4, "ll": 5, "hell": 6, "hello": 7},
+                                      merges=[("h", "e"), ("l", "l"), ("he", "ll"),
+                                              ("hell", "o")])
+    else:
+        model = tokenizers.models.WordLevel({"hello": 0, "ole": 1})
+    backend = tokenizers.Tokenizer(model)
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    backend.save(str(tmp_path / f"{kind}.json"))
+    return tmp_path / f"{kind}.json"
+
+
+@pytest.mark.parametrize("kind, text, says", [
+    ("bpe", "hello world", r"'w' at position 6 has no token"),
+    ("bpe", "ole\th!", r"'!' at position 5 has no token"),
+    ("wordlevel", "hello ole you", r"cannot encode 'hello ole you': .*UNK"),
+])
+def test_tokenizer_refuses_text_it_cannot_represent_instead_of_dropping_it(tmp_path, kind,
+                                                                           text, says):
+    pytest.importorskip("tokenizers")
+    from npdecode.models.tokenizer import load_tokenizer
+    tok = load_tokenizer(_no_unknown_tokenizer(tmp_path, kind))
+    known = "hello ole" if kind == "wordlevel" else "hello  ole\thole"
+    # Every character is kept (whitespace aside: these tokenizers decode with spaces between)
+    assert "".join(tok.decode(tok.encode(known)).split()) == "".join(known.split())
+    with pytest.raises(ValueError, match=says):
+        tok.encode(text)
+
+
 def test_tokenizer_round_trip(tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
     from npdecode.models.tokenizer import load_tokenizer
@@ -179,6 +213,8 @@ def test_tokenizer_round_trip(tmp_path):
                       ([True], "True at position 0 is not an integer")):
         with pytest.raises(ValueError, match=says):
             tok.decode(bad)
+    with pytest.raises(ValueError, match="'b' at position 0 has no token"):
+        load_tokenizer(_no_unknown_tokenizer(tmp_path)).encode("bye")
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(ValueError, match="broken.json is not a valid tokenizer.json"):
         load_tokenizer(tmp_path / "broken.json")
@@ -218,10 +254,14 @@ def _key(weights, suffix):
 
 
 @pytest.mark.parametrize("case, match", [
-    ("extra block", r"blocks 2 \(h\.N\.\*\) beyond the config's n_layer=2"),
+    ("extra block", r"n_layer=2 needs blocks h.0 to h.1; the checkpoint has blocks h.0, h.1, "
+                    r"h.2"),
+    ("missing block", r"n_layer=3 needs blocks h.0 to h.2; the checkpoint has blocks h.0, h.1:"),
     ("short ln_f bias", r"'ln_f.bias' has shape \(1,\); the config implies \(32,\)"),
     ("wide positions", r"'wpe.weight' has shape \(40, 33\); the config implies \(40, 32\)"),
     ("long head", r"'lm_head.weight' has shape \(98, 32\); the config implies \(97, 32\)"),
+    ("integer bias", r"'ln_f.bias' holds int64 values; model weights must be floating-point"),
+    ("nan embedding", r"'wte.weight' holds NaN or infinite values"),
     ("not gpt2", r"config.json is for a 'gptj' model"),
 ])
 def test_a_checkpoint_that_disagrees_with_its_config_is_refused_at_load(tmp_path, case, match):
@@ -229,6 +269,10 @@ def test_a_checkpoint_that_disagrees_with_its_config_is_refused_at_load(tmp_path
         if case == "extra block":
             for k in [k for k in w if ".h.1." in k]:
                 w[k.replace(".h.1.", ".h.2.")] = w[k]
+        elif case == "integer bias":
+            w[_key(w, "ln_f.bias")] = w[_key(w, "ln_f.bias")].astype(np.int64)
+        elif case == "nan embedding":
+            w[_key(w, "wte.weight")][3, 5] = np.nan
         elif case == "short ln_f bias":
             w[_key(w, "ln_f.bias")] = w[_key(w, "ln_f.bias")][:1]
         elif case == "wide positions":
@@ -238,11 +282,29 @@ def test_a_checkpoint_that_disagrees_with_its_config_is_refused_at_load(tmp_path
             head = w[_key(w, "lm_head.weight")]
             w[_key(w, "lm_head.weight")] = np.concatenate([head, head[:1]])
 
+    config_edits = {"not gpt2": dict(model_type="gptj"), "missing block": dict(n_layer=3)}
     path = _edited_checkpoint(tmp_path, edit, tied=case != "long head",
-                              edit_config=(lambda c: c.update(model_type="gptj"))
-                              if case == "not gpt2" else None)
-    with pytest.raises(ValueError, match=match):
+                              edit_config=(lambda c: c.update(config_edits[case]))
+                              if case in config_edits else None)
+    with pytest.raises(ValueError, match=match) as err:
         GPT2.from_pretrained(path)
+    # The message names the file that disagrees.
+    assert str(path / ("config.json" if case == "not gpt2" else "model.safetensors")) in str(
+        err.value)
+
+
+def test_a_tensor_in_a_dtype_numpy_cannot_hold_is_refused_naming_it(tmp_path):
+    """An 8-bit float tensor (safetensors F8_E4M3): a ValueError naming the file, the tensor
+    and its dtype, not a failure inside the reader."""
+    import json
+    header = json.dumps({"wte.weight": {"dtype": "F8_E4M3", "shape": [2, 2],
+                                        "data_offsets": [0, 4]}}).encode()
+    build_checkpoint(tmp_path)
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    with pytest.raises(ValueError, match=r"tensor 'wte.weight' is stored as F8_E4M3") as err:
+        GPT2.from_pretrained(tmp_path)
+    assert str(file) in str(err.value)
 
 
 @pytest.mark.parametrize("rows", [0, 2, 3])

@@ -23,8 +23,8 @@ import numpy as np
 
 from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
-from npdecode.models.protocol import (check_token_ids, model_dtype, prefill_with_extend,
-                                      token_array)
+from npdecode.models.protocol import (check_token_ids, checked_weights, model_dtype,
+                                      prefill_with_extend, token_array)
 
 EPS = 1e-5  # RMSNorm: keeps 1/rms finite for an all-zero vector
 
@@ -135,7 +135,8 @@ class CharGPT:
             if tuple(params[name].shape) != shape:
                 raise ValueError(f"parameter {name} has shape {params[name].shape}, "
                                  f"the config needs {shape}")
-        self.params = {name: np.asarray(params[name], dtype=self.dtype) for name in shapes}
+        self.params = {name: checked_weights(f"parameter {name}", params[name], self.dtype)
+                       for name in shapes}
         self.vocab_size = config.vocab_size
         self.max_context = config.max_context
         self._scale = float(1 / np.sqrt(config.head_dim))  # Python float: keeps float32
@@ -253,14 +254,16 @@ class CharGPT:
             raise ValueError(f"{name} is not an .npz archive written by CharGPT.save")
         try:
             with archive as f:
-                if "config" not in f.files:
-                    raise ValueError(f"{name} holds no CharGPT config; was it written by "
-                                     f"CharGPT.save?")
-                text = f["config"]
+                text = f["config"] if "config" in f.files else None
                 params = {key: f[key] for key in f.files if key != "config"}
         except (zipfile.BadZipFile, zlib.error, EOFError) as err:
             raise ValueError(f"{name} is damaged (a truncated or corrupt .npz archive: "
                              f"{err})") from None
+        except ValueError as err:  # e.g. an array of Python objects (needs pickle)
+            raise ValueError(f"{name} is not an .npz archive written by CharGPT.save: "
+                             f"{err}") from None
+        if text is None:
+            raise ValueError(f"{name} holds no CharGPT config; was it written by CharGPT.save?")
         config = _config_from_json(text, name)
         try:
             return cls(config, params, dtype=dtype)

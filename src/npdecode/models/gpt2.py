@@ -25,7 +25,8 @@ import numpy as np
 
 from npdecode.attention.dense import causal_mask, dense_attention
 from npdecode.cache import KVCache
-from npdecode.models.protocol import check_token_ids, left_pad, model_dtype, token_array
+from npdecode.models.protocol import (check_token_ids, checked_weights, left_pad, model_dtype,
+                                      token_array)
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,11 @@ def load_safetensors(file: Path) -> dict[str, np.ndarray]:
             with safe_open(str(file), framework="numpy") as st:
                 for name in st.keys():
                     info = header[name]
+                    if info["dtype"] not in _SAFETENSORS_DTYPES:  # fp8 and the like
+                        raise ValueError(
+                            f"{file}: tensor {name!r} is stored as {info['dtype']}, which "
+                            f"NumPy cannot hold; save the checkpoint in float32, float16 or "
+                            f"bfloat16")
                     if info["dtype"] != "BF16":
                         out[name] = st.get_tensor(name)
                         continue
@@ -228,16 +234,22 @@ def load_safetensors(file: Path) -> dict[str, np.ndarray]:
     return out
 
 
+# safetensors dtypes NumPy can hold (the integer ones only in buffers GPT2 does not read)
+_SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "BOOL", "I8", "U8", "I16", "U16", "I32",
+                       "U32", "I64", "U64"}
+
+
 def _tensor(weights: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...],
             dtype=None) -> np.ndarray:
-    """weights[name], which must exist with ``shape`` (as the config implies), in ``dtype``."""
+    """weights[name], which must exist with ``shape`` (as the config implies), hold finite
+    floating-point numbers, and come back in ``dtype``."""
     if name not in weights:
         raise ValueError(f"checkpoint has no tensor {name!r}")
-    w = np.asarray(weights[name], dtype=dtype)
+    w = np.asarray(weights[name])
     if w.shape != shape:
         raise ValueError(f"checkpoint tensor {name!r} has shape {w.shape}; the config implies "
                          f"{shape}: config.json and model.safetensors disagree")
-    return w
+    return checked_weights(f"checkpoint tensor {name!r}", w, dtype)
 
 
 def _weights_file(path: Path) -> Path:
@@ -285,17 +297,18 @@ class GPT2:
         self._eps = c.layer_norm_epsilon
         self._avg = np.full(c.n_embd, 1.0 / c.n_embd, dtype=self.dtype)  # [d] for row means
 
-        extra = sorted({k.split(".")[1] for k in weights
-                        if k.startswith("h.") and k.split(".")[1].isdigit()
-                        and int(k.split(".")[1]) >= c.n_layer}, key=int)
-        if extra:
-            raise ValueError(f"checkpoint has blocks {', '.join(extra)} (h.N.*) beyond the "
-                             f"config's n_layer={c.n_layer}: config.json and "
+        blocks = sorted({int(k.split(".")[1]) for k in weights
+                         if k.startswith("h.") and k.split(".")[1].isdigit()})
+        if blocks != list(range(c.n_layer)):
+            held = f"blocks h.{', h.'.join(map(str, blocks))}" if blocks else "no blocks"
+            raise ValueError(f"the config's n_layer={c.n_layer} needs blocks h.0 to "
+                             f"h.{c.n_layer - 1}; the checkpoint has {held}: config.json and "
                              f"model.safetensors disagree")
         d, V = c.n_embd, c.vocab_size
         get = functools.partial(_tensor, weights, dtype=self.dtype)
         self.wte = get("wte.weight", (V, d))                      # [V, d]
-        rows = len(weights["wpe.weight"]) if "wpe.weight" in weights else c.n_positions
+        rows = (np.shape(weights["wpe.weight"])[0]
+                if np.ndim(weights.get("wpe.weight", 0)) else c.n_positions)
         self.wpe = get("wpe.weight", (max(c.n_positions, rows), d))  # [P, d], P >= positions
         self.blocks = [self._block(weights, i) for i in range(c.n_layer)]
         self.ln_f = (get("ln_f.weight", (d,)), get("ln_f.bias", (d,)))  # [d], [d]
@@ -328,9 +341,13 @@ class GPT2:
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ValueError(f"{config_file} is not valid JSON: {err}") from None
         config = GPT2Config.from_dict(settings, source=str(config_file))
-        raw = load_safetensors(_weights_file(path))
+        file = _weights_file(path)
+        raw = load_safetensors(file)
         weights = {k.removeprefix("transformer."): v for k, v in raw.items()}
-        return cls(config, weights, dtype=dtype)
+        try:
+            return cls(config, weights, dtype=dtype)
+        except ValueError as err:  # a missing tensor, one of the wrong shape, ...
+            raise ValueError(f"{file}: {err}") from None
 
     def _block(self, weights: Mapping[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
         """Block i's weights, with ln_1 folded into c_attn and ln_2 into c_fc.

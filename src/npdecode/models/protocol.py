@@ -79,6 +79,18 @@ def check_finite(name: str, value: object) -> float:
     raise ValueError(f"{name} must be a finite number, got {_brief(value)}")
 
 
+def checked_weights(what: str, w: np.ndarray, dtype) -> np.ndarray:
+    """Model weights ``w`` as ``dtype``, refused (naming ``what``) unless they are finite
+    floating-point numbers: integers, booleans or complex numbers would be cast silently, and
+    a NaN would only show in the logits."""
+    w = np.asarray(w)
+    if w.dtype.kind != "f":
+        raise ValueError(f"{what} holds {w.dtype} values; model weights must be floating-point")
+    if not np.isfinite(w).all():
+        raise ValueError(f"{what} holds NaN or infinite values")
+    return w.astype(dtype, copy=False)
+
+
 def _brief(value: object) -> str:
     """``repr(value)``, shortened when long (an integer of hundreds of digits, say)."""
     text = repr(value)
