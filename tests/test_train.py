@@ -192,6 +192,9 @@ VALIDATES_EMMA = _validates_emma()
     (dict(lr=0.1, weight_decay=10.0), "would scale the weights by 0 every step"),
     (dict(names=["anna", "bob", "carl"]), "empty training or validation split"),
     (dict(names=VALIDATES_EMMA), "'E'"),   # a bad name in the validation split alone
+    (dict(seed=-1), "seed must be >= 0"), (dict(seed=1.5), "seed must be an integer"),
+    (dict(split_seed=-2), "split_seed must be >= 0"),
+    (dict(names="abcdefghijklmnopqrstuvwxyz"), "not one string"),
 ])
 def test_train_refuses_bad_settings_before_any_step(kwargs, message):
     steps_seen = []
@@ -262,7 +265,11 @@ def run_cli(*argv: str) -> int:
 @pytest.mark.parametrize("argv, message", [
     (["--lr", "-1"], "--lr"),
     (["--weight-decay", "-0.1"], "--weight-decay"),
-    (["--lr", "0.01", "--weight-decay", "1000"], "--lr times --weight-decay"),
+    (["--lr", "0.01", "--weight-decay", "1000"],
+     r"--lr 0.01 with --weight-decay 1000 would scale the weights by -9 every step"),
+    # The decay the user did not give is the recipe's, and the message says so.
+    (["--lr", "1000"], r"--lr 1000 with --weight-decay 0.3 \(the target recipe's\) would "
+                       r"scale the weights by -299 every step .* pass --weight-decay 0"),
     (["--d-model", "30", "--heads", "4"], "--heads"),
     (["--output", "weights.txt"], ".npz"),
 ])
@@ -280,10 +287,27 @@ def test_cli_parser_refuses_counts_below_one(option, capsys):
     assert f"argument {option}: must be >= 1, got 0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option", ["--steps", "--batch-size", "--seed"])
+def test_cli_parser_refuses_counts_beyond_int64(option, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(option, str(2 ** 63))
+    assert f"argument {option}: must be below 2**63, got '{2 ** 63}'" in capsys.readouterr().err
+
+
+def test_cli_shows_a_progress_bar_on_a_terminal_through_training_and_validation(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich then treats the output as a terminal
+    assert run_cli("--steps", "3", "--d-model", "8", "--layers", "1", "--heads", "2",
+                   "--d-ff", "8", "--output", str(tmp_path / "bar.npz")) == 0
+    out = capsys.readouterr().out
+    assert "training" in out and "validating" in out and "3/3" in out
+    assert "step 1/3" not in out   # the bar, not the progress lines
+
+
 def test_cli_trains_and_writes_a_loadable_model(tmp_path, capsys):
     out = tmp_path / "tiny.npz"
     args = ["--steps", "3", "--d-model", "8", "--layers", "1", "--heads", "2", "--d-ff", "8",
-            "--output", str(out)]  # with the progress bar
+            "--output", str(out)]  # progress lines (pytest's output is not a terminal)
     assert run_cli(*args) == 0
     model = CharGPT.load(out)
     assert model.config.d_model == 8 and model.config.n_layers == 1

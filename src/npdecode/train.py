@@ -330,9 +330,13 @@ def train(config: CharGPTConfig, *, steps: int, batch_size: int = 64, lr: float 
     if not check_finite("weight_decay", weight_decay) >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
     check_decay(lr, weight_decay)
+    seed = check_int("seed", seed, minimum=0)
+    split_seed = check_int("split_seed", split_seed, minimum=0)
     dtype = model_dtype(dtype)
     if names is None:
         names = load_names()
+    elif isinstance(names, (str, bytes)):  # a str is a sequence of one-letter "names"
+        raise ValueError("names must be a list of names, not one string")
     train_names, val_names = split_names(names, seed=split_seed)
     if not train_names or not val_names:
         raise ValueError(f"{len(names)} names leave an empty training or validation split "

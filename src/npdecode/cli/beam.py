@@ -12,7 +12,8 @@ from npdecode.cli.render import console, hypotheses_table, stopped_early
 from npdecode.memory import check_fits
 from npdecode.models.tinylm import TinyLM
 from npdecode.search.beam import batched_beam_search, count_hypotheses
-from npdecode.search.validate import check_length_penalty, check_request
+from npdecode.search.validate import (check_length_penalty, check_request,
+                                      length_penalty_limit)
 
 
 def token_list(text: str) -> list[int]:
@@ -36,8 +37,19 @@ def check_settings(args: argparse.Namespace) -> None:
     """The search's own checks of the request, made before the memory estimate and before
     TinyLM is built (they need only its vocabulary size)."""
     shape = SimpleNamespace(vocab_size=args.vocab_size)  # all the checks read off a model
-    _, T, _, _ = check_request(shape, args.prompt, args.max_new_tokens, args.eos)
-    check_length_penalty("alpha", args.alpha, T)  # (the parser checked the sizes)
+    check_request(shape, args.prompt, args.max_new_tokens, args.eos)
+
+
+def check_alpha(args: argparse.Namespace) -> None:
+    """The search's length-penalty check, in this command's words."""
+    try:
+        check_length_penalty("alpha", args.alpha, args.max_new_tokens)
+    except ValueError:
+        limit = length_penalty_limit(args.max_new_tokens)
+        raise ValueError(f"--alpha {args.alpha:g} makes the length penalty len ** alpha "
+                         f"overflow or vanish in float64 for lengths up to --max-new-tokens "
+                         f"{args.max_new_tokens}; use an --alpha between {-limit:.4g} and "
+                         f"{limit:.4g}") from None
 
 
 def check_memory(args: argparse.Namespace) -> None:
@@ -107,6 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = console()
+    check_alpha(args)
     try:
         check_settings(args)
         check_memory(args)

@@ -181,7 +181,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compare", help="compare decoding strategies on the trained name model",
         description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--prefixes", nargs=2, default=["em", "jo"], metavar="PREFIX",
-                   help="two name prefixes (lowercase a-z) for the first table; default: em jo")
+                   help="two name prefixes (lowercase a-z; '' for none) for the first table; "
+                        "default: em jo")
     p.add_argument("--seed", type=at_least(0), default=0, metavar="N",
                    help="seed of prefix i is N + i, the same for every sampling strategy; "
                         "default: 0")

@@ -52,6 +52,8 @@ def at_least(minimum: int) -> Callable[[str], int]:
         value = integer(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if value >= 2 ** 63:  # counts and sizes become int64 array dimensions and indices
+            raise argparse.ArgumentTypeError(f"must be below 2**63, got {_shown(text)}")
         return value
     parse.__name__ = "integer"  # argparse names the type in some of its messages
     return parse

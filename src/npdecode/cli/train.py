@@ -135,8 +135,11 @@ def _settings(args: argparse.Namespace):
         raise ValueError(f"--weight-decay must be a number >= 0, got {wd}")
     try:
         check_decay(lr, wd)
-    except ValueError as err:
-        raise ValueError(f"--lr times --weight-decay: {err}") from None
+    except ValueError:
+        given = "" if args.weight_decay is not None else f" (the {args.model} recipe's)"
+        raise ValueError(f"--lr {lr:g} with --weight-decay {wd:g}{given} would scale the "
+                         f"weights by {1 - lr * wd:g} every step (AdamW multiplies them by 1 - "
+                         f"lr x weight decay); lower --lr, or pass --weight-decay 0") from None
     check_memory(config, batch, args.dtype)
     return config, steps, batch, lr, wd
 

@@ -84,8 +84,8 @@ def check_length_penalty(name: str, value: object, max_new_tokens: int) -> float
     vanishes and scores stop ranking. (A score can still overflow if a logprob is huge as
     well: that takes logits of 1e7 and more, and shows as -inf, never as NaN.)"""
     alpha = check_finite(name, value)
-    if max_new_tokens > 1 and abs(alpha) * math.log(max_new_tokens) > _LOG_PENALTY_LIMIT:
-        limit = _LOG_PENALTY_LIMIT / math.log(max_new_tokens)
+    limit = length_penalty_limit(max_new_tokens)
+    if abs(alpha) > limit:
         raise ValueError(f"{name}={value} makes len ** {name} overflow or underflow "
                          f"float64 for lengths up to max_new_tokens={max_new_tokens}; use "
                          f"|{name}| <= {limit:.4g}")
@@ -93,6 +93,12 @@ def check_length_penalty(name: str, value: object, max_new_tokens: int) -> float
 
 
 _LOG_PENALTY_LIMIT = 700.0  # len ** alpha within exp(+-700): finite and normal in float64
+
+
+def length_penalty_limit(max_new_tokens: int) -> float:
+    """The largest |exponent| ``check_length_penalty`` accepts for this budget (inf when
+    every length is 0 or 1)."""
+    return _LOG_PENALTY_LIMIT / math.log(max_new_tokens) if max_new_tokens > 1 else math.inf
 
 
 def check_context(model: object, prompts: list[list[int]], max_new_tokens: int,
