@@ -66,6 +66,38 @@ class EndsAtOnceAfterOne:
         return logits
 
 
+def test_a_batch_of_more_items_than_a_small_integer_holds_matches_solo_runs():
+    """150 prompts: item numbers beyond 127 (the grouping of survivors by item must not
+    wrap them) and far more survivors than the exact sort handles alone."""
+    m = TinyLM(vocab_size=30, d_model=8, seed=4)
+    rng = np.random.default_rng(7)
+    prompts = [rng.integers(0, 30, size=rng.integers(1, 5)).tolist() for _ in range(150)]
+    kw = dict(beam_width=3, max_new_tokens=3, alpha=0.6, eos_token_id=2)
+    batch = batched_beam_search(m, prompts, **kw)
+    for p, got in zip(prompts, batch):
+        (alone,) = batched_beam_search(m, [p], **kw)
+        assert [h.tokens for h in got] == [h.tokens for h in alone]
+        assert np.allclose([h.score for h in got], [h.score for h in alone], rtol=0, atol=1e-9)
+
+
+def test_token_ids_beyond_int16_survive_the_history():
+    """A 40,000-token vocabulary whose best tokens are 39,999 and then 123: the histories
+    hold every id (the reference ranks them)."""
+    row = np.zeros(40_000)
+    row[39_999], row[123] = 5.0, 4.0
+
+    class Fixed:
+        vocab_size = len(row)
+
+        def forward(self, ids):
+            return np.tile(row, (len(ids), 1))
+
+    got = batched_beam_search(Fixed(), [[1]], beam_width=2, max_new_tokens=2)[0]
+    want = reference_beam_search(Fixed(), [[1]], beam_width=2, max_new_tokens=2)[0]
+    assert [h.tokens for h in got] == [h.tokens for h in want] == [[39_999, 39_999],
+                                                                   [39_999, 123]]
+
+
 def test_an_item_that_finishes_early_stops_no_other_item():
     m = EndsAtOnceAfterOne(vocab_size=30, d_model=8, seed=2)
     prompts = [[1, 5], [7, 8, 9]]

@@ -123,6 +123,7 @@ def test_prefill_refuses_no_prompts_and_an_empty_one(prompts, says):
     ([2], r"truncate takes one end per row in use \(2\), got shape \(1,\)"),
     ([1.9, 1], "truncate takes integer ends, got float64"),
     ([4, 2], "truncate can only shorten rows"),
+    ([3, 0], "not below their first real slot"),   # row 1's prompt starts at slot 1
 ])
 def test_truncate_refuses_ends_it_cannot_apply_exactly(end, says):
     cache = cache_with_two_rows()

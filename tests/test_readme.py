@@ -40,4 +40,11 @@ def test_the_readmes_compare_output_is_the_commands_own(monkeypatch, capsys):
     assert main(["compare"]) == 0
     real = "\n".join(line.rstrip() for line in capsys.readouterr().out.splitlines()) + "\n"
     timing = re.compile(r"(wall time.*?│|wall-time ratio.*?│)\s+[\d.]+( ms)? │")
-    assert timing.sub(r"\1", shown.group(1)) == timing.sub(r"\1", real)  # times vary by run
+
+    def content(text: str) -> str:
+        """The text without its times (they vary by run) and without the padding and rules
+        whose width follows them (a wider time widens its column)."""
+        text = timing.sub(r"\1", text)
+        return re.sub(r"([─━])\1+", r"\1", re.sub(r" +", " ", text))
+
+    assert content(shown.group(1)) == content(real)

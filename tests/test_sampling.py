@@ -285,6 +285,11 @@ def test_sample_categorical_never_draws_a_zero_probability_token():
     assert P.sample_categorical(probs, u).tolist() == [1, 1, 3, 3]
 
 
+def test_sample_categorical_stays_inside_the_vocabulary_when_rounding_reaches_the_total():
+    # A subnormal total: u * total rounds up to the total itself, past every cumulative value.
+    assert P.sample_categorical(np.array([[5e-324, 0.0]]), np.array([0.9])).tolist() == [0]
+
+
 def test_sample_categorical_refuses_a_row_with_nothing_to_draw():
     for bad in ([0.0, 0.0, 0.0], [0.5, np.nan, 0.5], [0.5, np.inf, 0.5], [0.7, -0.2, 0.5]):
         with pytest.raises(ValueError, match="row 1 has no probability"):
@@ -473,9 +478,12 @@ def test_penalties_and_bans_follow_their_items_when_rows_finish():
             assert same(sample(small, [prompt], seed=i, **kw, **options), [batch[i]]), options
 
 
-def test_a_row_with_every_token_banned_stops_unfinished():
-    gens = sample(FixedLogits([1.0, 2.0, 0.5]), [[0]], max_new_tokens=5, temperature=0.0,
-                  no_repeat_ngram_size=1)
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_row_with_every_token_banned_stops_unfinished(temperature):
+    # (top_k=1: the same tokens at either temperature; above 0 the banned row must not
+    # reach the sampler's processors)
+    gens = sample(FixedLogits([1.0, 2.0, 0.5]), [[0]], max_new_tokens=5, temperature=temperature,
+                  top_k=1, no_repeat_ngram_size=1, seed=0)
     assert [(g.tokens, g.finished) for g in gens] == [([1, 2], False)]
     # the raw row's log-softmax at 1 then 2: (2 - 2) + (0.5 - 2) - 2 log(e^-1 + 1 + e^-1.5)
     want = -1.5 - 2 * math.log(math.exp(-1.0) + 1.0 + math.exp(-1.5))

@@ -264,6 +264,23 @@ def oracle_rounds(target, draft, prompt, k, n_new, eos=None):
     return proposed, accepted
 
 
+def test_a_uniform_of_exactly_zero_never_accepts_a_draft_the_target_rules_out(monkeypatch):
+    """u = 0.0 is a legal draw of Generator.random: acceptance is u < p/q, so a draft the
+    target gives probability 0 (at T = 0, any but its argmax) is still rejected."""
+    import npdecode.search.speculative as spec
+
+    class Zeros:
+        def random(self, n):
+            return np.zeros(n)
+
+    monkeypatch.setattr(spec, "make_generators", lambda seed, n: [Zeros()] * n)
+    prompts = [[1, 2, 3], [4]]
+    res = spec.speculative_sample(BIG_T, close_draft(1.0), prompts, num_draft_tokens=4,
+                                  max_new_tokens=12, temperature=0.0)
+    assert res.accepted < res.proposed   # the draft disagrees with the target somewhere
+    assert [g.tokens for g in res.generations] == [oracle_greedy(BIG_T, p, 12) for p in prompts]
+
+
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_the_target_is_called_once_per_round(k):
     target, draft = Recording(BIG_T), Recording(close_draft(0.03))
