@@ -11,6 +11,7 @@ from npdecode.numerics import log_softmax
 from npdecode.search.beam import count_hypotheses
 from reference_beam import reference_beam_search
 from npdecode.models.scripted import ScriptedLM
+from toy_models import FixedLogits
 
 EOS = 0
 
@@ -85,15 +86,8 @@ def test_token_ids_beyond_int16_survive_the_history():
     hold every id (the reference ranks them)."""
     row = np.zeros(40_000)
     row[39_999], row[123] = 5.0, 4.0
-
-    class Fixed:
-        vocab_size = len(row)
-
-        def forward(self, ids):
-            return np.tile(row, (len(ids), 1))
-
-    got = batched_beam_search(Fixed(), [[1]], beam_width=2, max_new_tokens=2)[0]
-    want = reference_beam_search(Fixed(), [[1]], beam_width=2, max_new_tokens=2)[0]
+    got = batched_beam_search(FixedLogits(row), [[1]], beam_width=2, max_new_tokens=2)[0]
+    want = reference_beam_search(FixedLogits(row), [[1]], beam_width=2, max_new_tokens=2)[0]
     assert [h.tokens for h in got] == [h.tokens for h in want] == [[39_999, 39_999],
                                                                    [39_999, 123]]
 

@@ -9,6 +9,8 @@ import re
 import textwrap
 from typing import Callable
 
+from npdecode.models.protocol import INT64_END
+
 
 def integer(text: str) -> int:
     """An argparse type: an integer (argparse names the flag in its error)."""
@@ -52,7 +54,7 @@ def at_least(minimum: int) -> Callable[[str], int]:
         value = integer(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        if value >= 2 ** 63:  # counts and sizes become int64 array dimensions and indices
+        if value >= INT64_END:  # as the library's own checks require
             raise argparse.ArgumentTypeError(f"must be below 2**63, got {_shown(text)}")
         return value
     parse.__name__ = "integer"  # argparse names the type in some of its messages

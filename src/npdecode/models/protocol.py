@@ -59,12 +59,12 @@ def check_int(name: str, value: object, *, minimum: int) -> int:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {_brief(value)}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {_brief(value)}")
-    if value >= _INT64_END:
+    if value >= INT64_END:
         raise ValueError(f"{name} must be below 2**63, got {_brief(value)}")
     return int(value)
 
 
-_INT64_END = 2 ** 63
+INT64_END = 2 ** 63  # counts and sizes stay below it: they become int64 dimensions
 
 
 def check_finite(name: str, value: object) -> float:
