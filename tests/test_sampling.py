@@ -133,7 +133,7 @@ def test_top_p_keeps_the_smallest_set_reaching_p_and_at_least_one():
     for row in X:
         p = softmax(row)
         order = sorted(range(len(p)), key=lambda i: (-p[i], i))
-        for top_p in (0.01, 0.5, 0.8, 0.95):
+        for top_p in (0.0, 0.01, 0.5, 0.8, 0.95):  # 0: the best token alone
             size = next(i + 1 for i in range(len(p)) if p[order[: i + 1]].sum() >= top_p)
             kept = np.flatnonzero(np.isfinite(P.top_p_filter(row[None], top_p)[0]))
             assert sorted(kept.tolist()) == sorted(order[:size])
@@ -298,12 +298,12 @@ def test_sample_categorical_refuses_a_row_with_nothing_to_draw():
 
 @pytest.mark.parametrize("call, match", [
     (lambda x: P.top_k_filter(x, -1), "k >= 0"),
-    (lambda x: P.top_p_filter(x, 0.0), "0 < p <= 1"),
-    (lambda x: P.top_p_filter(x, float("nan")), "0 < p <= 1"),
-    (lambda x: P.top_p_filter(x, 1.5), "0 < p <= 1"),
+    (lambda x: P.top_p_filter(x, -0.1), "0 <= p <= 1"),
+    (lambda x: P.top_p_filter(x, float("nan")), "0 <= p <= 1"),
+    (lambda x: P.top_p_filter(x, 1.5), "0 <= p <= 1"),
     (lambda x: P.min_p_filter(x, 1.5), "0 <= min_p <= 1"),
     (lambda x: P.min_p_filter(x, float("nan")), "0 <= min_p <= 1"),
-    (lambda x: P.distribution(x, temperature=1.0, top_p=0.0), "0 < p <= 1"),
+    (lambda x: P.distribution(x, temperature=1.0, top_p=-1e-300), "0 <= p <= 1"),
 ])
 def test_processors_refuse_options_that_would_keep_no_token(call, match):
     with pytest.raises(ValueError, match=match):
@@ -349,10 +349,12 @@ def test_greedy_matches_a_token_by_token_oracle(eos):
         assert g.logprob == pytest.approx(lp, abs=1e-9)
 
 
-def test_temperature_zero_and_top_k_one_equal_greedy():
+def test_temperature_zero_top_k_one_and_top_p_zero_equal_greedy():
     ref = greedy(MODEL, PROMPTS, max_new_tokens=12)
     assert same(sample(MODEL, PROMPTS, max_new_tokens=12, temperature=0.0, seed=1), ref)
     assert same(sample(MODEL, PROMPTS, max_new_tokens=12, top_k=1, seed=[1, 2, 3, 4]), ref)
+    # top_p = 0: the smallest set reaching 0 is empty, and never fewer than one token
+    assert same(sample(MODEL, PROMPTS, max_new_tokens=12, top_p=0.0, seed=5), ref)
 
 
 def test_temperature_towards_zero_equals_greedy():
@@ -554,7 +556,7 @@ def test_zero_new_tokens_and_empty_batch():
     (dict(temperature=float("nan")), "temperature"),
     (dict(top_k=-1), "top_k"),
     (dict(top_k=1.5), "top_k"),
-    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=-0.0001), "top_p"),
     (dict(top_p=1.01), "top_p"),
     (dict(min_p=-0.1), "min_p"),
     (dict(min_p=1.5), "min_p"),

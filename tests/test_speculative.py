@@ -238,6 +238,16 @@ def test_temperature_zero_equals_target_greedy(k, eos, noise):
         assert got.logprob == pytest.approx(want.logprob, abs=1e-9)
 
 
+def test_top_p_zero_equals_target_greedy():
+    """top_p = 0 keeps each distribution's best token alone (never fewer than one), so p and
+    q are one-hot at any temperature, as at temperature 0."""
+    prompts = [[1, 2, 3], [4], [5, 6, 7, 8, 9]]
+    res = speculative_sample(BIG_T, close_draft(1.0), prompts, num_draft_tokens=3,
+                             max_new_tokens=15, temperature=1.7, top_p=0.0, seed=3)
+    for p, got in zip(prompts, res.generations):
+        assert got.tokens == oracle_greedy(BIG_T, p, 15, None)
+
+
 # -- one target call per round -------------------------------------------------------------
 
 def oracle_rounds(target, draft, prompt, k, n_new, eos=None):
@@ -384,7 +394,7 @@ class ForwardOnly:
     (dict(max_new_tokens=-1), "max_new_tokens"),
     (dict(temperature=-0.5), "temperature"),
     (dict(top_k=-1), "top_k"),
-    (dict(top_p=0.0), "top_p"),
+    (dict(top_p=-0.01), "top_p"),
     (dict(top_p=1.5), "top_p"),
     (dict(seed=[1, 2, 3]), "seed"),
     (dict(seed=1.5), "seed"),

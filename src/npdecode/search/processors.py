@@ -82,11 +82,12 @@ def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
     """Nucleus filter: keep the smallest set of most probable tokens whose probability reaches p.
 
     Tokens are taken in order of probability (ties: lowest id first) until their sum is >= p;
-    a token is kept when the probability of the tokens before it is still below p, so the
-    best token is always kept. p = 1 keeps all.
+    a token is kept when the probability of the tokens before it is still below p, and the
+    best token is always kept (never fewer than one): p = 0 keeps only it, p = 1 keeps all.
     """
-    if not 0.0 < p <= 1.0:  # p = 0 (or NaN) would keep no token
-        raise ValueError(f"top_p_filter needs 0 < p <= 1 (1 keeps every token), got {p}")
+    if not 0.0 <= p <= 1.0:  # (NaN included)
+        raise ValueError(f"top_p_filter needs 0 <= p <= 1 (1 keeps every token, 0 only the "
+                         f"most probable), got {p}")
     x = np.asarray(logits, dtype=np.float64)                 # [N, V]
     if p == 1.0:
         return x.copy()
@@ -98,6 +99,7 @@ def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
     np.cumsum(sorted_p[:, :-1], axis=1, out=before[:, 1:])   # (exclusive: no subtraction's
                                                              # rounding at the boundary)
     keep_sorted = before < p                                 # [N, V] True for a prefix
+    keep_sorted[:, 0] = True                                 # never fewer than one token
     keep = np.empty_like(keep_sorted)
     keep[np.arange(n)[:, None], order] = keep_sorted
     return np.where(keep, x, FILTERED)

@@ -74,8 +74,9 @@ def check_options(*, temperature: object = 1.0, top_k: object = 0, top_p: object
         raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
     k = check_int("top_k", top_k, minimum=0)
     p = check_finite("top_p", top_p)
-    if not 0.0 < p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (1 disables it), got {top_p}")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"top_p must be in [0, 1] (1 disables it, 0 keeps only the most "
+                         f"probable token), got {top_p}")
     mp = check_finite("min_p", min_p)
     if not 0.0 <= mp <= 1.0:
         raise ValueError(f"min_p must be in [0, 1] (0 disables it), got {min_p}")
@@ -220,7 +221,7 @@ def sample(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
     - ``no_repeat_ngram_size`` n > 0: a token that would repeat an n-gram of the sequence
       (prompt included) is banned. A row whose every token is banned stops, unfinished.
     - ``temperature``: logits / T; 0 is greedy (argmax, ties to the lowest id).
-    - ``top_k`` (0 = off): keep the k most probable tokens; ``top_p`` in (0, 1] (1 = off):
+    - ``top_k`` (0 = off): keep the k most probable tokens; ``top_p`` in [0, 1] (1 = off):
       the smallest set of most probable tokens whose probability reaches p (at least one);
       ``min_p`` in [0, 1] (0 = off): tokens with probability >= min_p * the highest.
     - ``seed``: None (fresh entropy), an int (the same for every prompt) or one int per
