@@ -260,6 +260,11 @@ def _key(weights, suffix):
     ("short ln_f bias", r"'ln_f.bias' has shape \(1,\); the config implies \(32,\)"),
     ("wide positions", r"'wpe.weight' has shape \(40, 33\); the config implies \(40, 32\)"),
     ("long head", r"'lm_head.weight' has shape \(98, 32\); the config implies \(97, 32\)"),
+    ("long positions", r"'wpe.weight' has shape \(41, 32\); the config implies \(40, 32\)"),
+    ("tied but distinct head", r"ties the head to the embeddings \(tie_word_embeddings\) but "
+                               r"the checkpoint's lm_head.weight differs from wte.weight"),
+    ("a name twice", r"holds both 'transformer.wte.weight' and 'wte.weight', which name the "
+                     r"same weight"),
     ("integer bias", r"'ln_f.bias' holds int64 values; model weights must be floating-point"),
     ("nan embedding", r"'wte.weight' holds NaN or infinite values"),
     ("not gpt2", r"config.json is for a 'gptj' model"),
@@ -281,6 +286,13 @@ def test_a_checkpoint_that_disagrees_with_its_config_is_refused_at_load(tmp_path
         elif case == "long head":
             head = w[_key(w, "lm_head.weight")]
             w[_key(w, "lm_head.weight")] = np.concatenate([head, head[:1]])
+        elif case == "long positions":
+            wpe = w[_key(w, "wpe.weight")]
+            w[_key(w, "wpe.weight")] = np.concatenate([wpe, wpe[:1]])
+        elif case == "tied but distinct head":
+            w["lm_head.weight"] = w[_key(w, "wte.weight")] * 2
+        elif case == "a name twice":
+            w["wte.weight"] = w["transformer.wte.weight"] * 2
 
     config_edits = {"not gpt2": dict(model_type="gptj"), "missing block": dict(n_layer=3)}
     path = _edited_checkpoint(tmp_path, edit, tied=case != "long head",
@@ -291,6 +303,18 @@ def test_a_checkpoint_that_disagrees_with_its_config_is_refused_at_load(tmp_path
     # The message names the file that disagrees.
     assert str(path / ("config.json" if case == "not gpt2" else "model.safetensors")) in str(
         err.value)
+
+
+def test_a_tied_checkpoint_that_also_stores_the_same_head_loads(tmp_path):
+    """lm_head.weight equal to wte.weight agrees with tie_word_embeddings: nothing to refuse,
+    and the logits are those of the checkpoint without it."""
+    build_checkpoint(tmp_path / "plain")
+    path = _edited_checkpoint(tmp_path / "both", lambda w: w.update(
+        {"lm_head.weight": w[_key(w, "wte.weight")].copy()}))
+    ids = np.array([[5, 9, 2], [7, 1, 3]])
+    want = GPT2.from_pretrained(tmp_path / "plain", dtype=np.float64).forward(ids)
+    got = GPT2.from_pretrained(path, dtype=np.float64).forward(ids)
+    np.testing.assert_array_equal(got, want)
 
 
 def test_a_tensor_in_a_dtype_numpy_cannot_hold_is_refused_naming_it(tmp_path):

@@ -307,14 +307,20 @@ class GPT2:
         d, V = c.n_embd, c.vocab_size
         get = functools.partial(_tensor, weights, dtype=self.dtype)
         self.wte = get("wte.weight", (V, d))                      # [V, d]
-        rows = (np.shape(weights["wpe.weight"])[0]
-                if np.ndim(weights.get("wpe.weight", 0)) else c.n_positions)
-        self.wpe = get("wpe.weight", (max(c.n_positions, rows), d))  # [P, d], P >= positions
+        self.wpe = get("wpe.weight", (c.n_positions, d))          # [P, d]
         self.blocks = [self._block(weights, i) for i in range(c.n_layer)]
         self.ln_f = (get("ln_f.weight", (d,)), get("ln_f.bias", (d,)))  # [d], [d]
         if c.tie_word_embeddings or "lm_head.weight" not in weights:
             if not c.tie_word_embeddings:
                 raise ValueError("config says the head is untied but lm_head.weight is missing")
+            if "lm_head.weight" in weights and not np.array_equal(
+                    get("lm_head.weight", (V, d)), self.wte):
+                # Loaders disagree on which to use (transformers ties in some versions and
+                # keeps the stored head in others): refuse rather than guess.
+                raise ValueError("config.json ties the head to the embeddings "
+                                 "(tie_word_embeddings) but the checkpoint's lm_head.weight "
+                                 "differs from wte.weight: set tie_word_embeddings to false "
+                                 "to use the stored head, or remove lm_head.weight")
             self.lm_head = self.wte.T                             # [d, V]
         else:
             self.lm_head = np.ascontiguousarray(get("lm_head.weight", (V, d)).T)  # [d, V]
@@ -344,6 +350,12 @@ class GPT2:
         file = _weights_file(path)
         raw = load_safetensors(file)
         weights = {k.removeprefix("transformer."): v for k, v in raw.items()}
+        twice = sorted(k for k in raw if k.startswith("transformer.")
+                       and k.removeprefix("transformer.") in raw)
+        if twice:  # both "transformer.wte.weight" and "wte.weight": which one is meant?
+            name = twice[0].removeprefix("transformer.")
+            raise ValueError(f"{file} holds both {twice[0]!r} and {name!r}, which name the "
+                             f"same weight; keep one of them")
         try:
             return cls(config, weights, dtype=dtype)
         except ValueError as err:  # a missing tensor, one of the wrong shape, ...
