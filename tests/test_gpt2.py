@@ -194,6 +194,50 @@ def test_tokenizer_refuses_text_it_cannot_represent_instead_of_dropping_it(tmp_p
         tok.encode(text)
 
 
+def _hello_tokenizer(tmp_path, normalizer=None, vocab=None):
+    """A BPE tokenizer without an unknown token, with the given normalizer and vocabulary
+    (default: h, e, l, o, "he") and the special token <|endoftext|>."""
+    import tokenizers
+    vocab = vocab or {"h": 0, "e": 1, "l": 2, "o": 3, "he": 4}
+    backend = tokenizers.Tokenizer(tokenizers.models.BPE(
+        vocab, merges=[("h", "e")] if "he" in vocab else []))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    backend.normalizer = normalizer
+    backend.add_special_tokens(["<|endoftext|>"])
+    backend.save(str(tmp_path / "tokenizer.json"))
+    return backend
+
+
+@pytest.mark.parametrize("text, normalizer", [
+    ("hello<|endoftext|>hole", None),          # a special token of characters without tokens
+    ("he\u0301llo", "nfd accents"),             # an accent the normalizer strips on purpose
+    ("h\u00e9llo", "nfd accents"),              # the same, composed
+])
+def test_tokenizer_keeps_what_its_normalizer_and_special_tokens_account_for(
+        tmp_path, text, normalizer):
+    """Characters outside the vocabulary that the tokenizer still accounts for are not
+    dropped ones: the ids are the tokenizers library's own."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from npdecode.models.tokenizer import load_tokenizer
+    norm = tokenizers.normalizers
+    backend = _hello_tokenizer(tmp_path, normalizer and norm.Sequence(
+        [norm.NFD(), norm.StripAccents()]))
+    want = backend.encode(text, add_special_tokens=False).ids
+    assert load_tokenizer(tmp_path).encode(text) == want
+
+
+def test_tokenizer_refuses_a_character_its_normalizer_makes_unspellable(tmp_path):
+    """NFC composes e + combining acute into one character the vocabulary lacks (it has both
+    parts): the tokenizers library would drop it silently; the position is the original's."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from npdecode.models.tokenizer import load_tokenizer
+    backend = _hello_tokenizer(tmp_path, tokenizers.normalizers.NFC(),
+                               vocab={"e": 0, "\u0301": 1, "x": 2})
+    assert backend.decode(backend.encode("xe\u0301x").ids) == "x x"   # what it would do
+    with pytest.raises(ValueError, match="'e\u0301' at position 1 has no token"):
+        load_tokenizer(tmp_path).encode("xe\u0301x")
+
+
 def test_tokenizer_round_trip(tmp_path):
     tokenizers = pytest.importorskip("tokenizers")
     from npdecode.models.tokenizer import load_tokenizer
