@@ -190,7 +190,9 @@ VALIDATES_EMMA = _validates_emma()
     (dict(lr=-1.0), "lr"), (dict(lr=float("nan")), "lr"), (dict(weight_decay=-5.0), "weight_decay"),
     (dict(dtype=np.float16), "dtype"), (dict(dtype=np.int64), "dtype"),
     (dict(lr=0.1, weight_decay=10.0), "would scale the weights by 0 every step"),
-    (dict(names=["anna", "bob", "carl"]), "empty training or validation split"),
+    # round(5 / 10) = 0 names would validate; 6 are the fewest that train (below)
+    (dict(names=["anna", "bob", "carl", "dan", "eve"]),
+     "empty training or validation split .* give at least 6 names"),
     (dict(names=VALIDATES_EMMA), "'E'"),   # a bad name in the validation split alone
     (dict(seed=-1), "seed must be >= 0"), (dict(seed=1.5), "seed must be an integer"),
     (dict(split_seed=-2), "split_seed must be >= 0"),
@@ -202,6 +204,13 @@ def test_train_refuses_bad_settings_before_any_step(kwargs, message):
     with pytest.raises(ValueError, match=message):
         train(CharGPTConfig(d_model=8, n_layers=1, n_heads=2, d_ff=16), **(args | kwargs))
     assert steps_seen == []
+
+
+def test_six_names_are_enough_to_train_as_the_refusal_says():
+    names = ["anna", "bob", "carl", "dan", "eve", "fay"]
+    result = train(CharGPTConfig(d_model=8, n_layers=1, n_heads=2, d_ff=16), steps=2,
+                   names=names)
+    assert math.isfinite(result.val_loss)
 
 
 def test_weight_decay_shrinks_matrices_but_not_vectors():

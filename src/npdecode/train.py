@@ -340,7 +340,8 @@ def train(config: CharGPTConfig, *, steps: int, batch_size: int = 64, lr: float 
     train_names, val_names = split_names(names, seed=split_seed)
     if not train_names or not val_names:
         raise ValueError(f"{len(names)} names leave an empty training or validation split "
-                         f"(a tenth of them validates); give at least 10 names")
+                         f"(a tenth of them, rounded to even, validates); give at least "
+                         f"6 names")
     x, y = make_examples(train_names, config.max_context)
     make_examples(val_names, config.max_context)  # a name that does not encode: now, not later
     rng = np.random.default_rng(seed)
