@@ -41,6 +41,31 @@ def test_beam_on_a_narrow_terminal_folds_its_cells_and_cuts_none(columns, monkey
         for rank, h in enumerate(want, 1)]
 
 
+def test_huge_scores_are_printed_in_scientific_notation_on_one_line(monkeypatch, capsys):
+    """alpha -250 makes len ** alpha tiny, so scores near -1e75: a dozen characters, not 80
+    digits folded over several lines; the value is the library's to 5 significant digits."""
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["beam", "--prompt", "3", "--vocab-size", "5", "--max-new-tokens", "2",
+                 "--beam-width", "2", "--alpha", "-250"]) == 0
+    rows = table_rows(capsys.readouterr().out, 5)
+    want = batched_beam_search(TinyLM(5, 64, seed=0), [[3]], beam_width=2, max_new_tokens=2,
+                               alpha=-250)[0]
+    assert len(rows) == len(want) == 2
+    for row, h in zip(rows, want):
+        assert abs(h.score) > 1e70 and re.fullmatch(r"-\d\.\d{4}e\+\d\d", row[2])
+        assert float(row[2]) == pytest.approx(h.score, rel=1e-4)
+        assert row[3] == f"{h.logprob:.4f}"
+
+
+def test_a_long_prompt_is_shown_shortened_with_its_length(capsys):
+    prompt = list(range(300))
+    assert main(["beam", "--prompt", ",".join(map(str, prompt)), "--beam-width", "1",
+                 "--max-new-tokens", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "prompt 0: 0,1,2,3,4,5,6,7,8,...,298,299 (300 tokens)" in out
+    assert "150" not in out.split("┏")[0]   # the middle of the prompt is not echoed
+
+
 def test_a_token_outside_the_vocabulary_is_one_clear_error_line(capsys):
     assert main(["beam", "--prompt", "3,1000"]) == 2
     err = capsys.readouterr().err

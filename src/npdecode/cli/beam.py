@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from npdecode.cli.options import at_least, finite, integer
-from npdecode.cli.render import console, hypotheses_table, stopped_early
+from npdecode.cli.render import console, hypotheses_table, ids_text, stopped_early
 from npdecode.memory import check_fits
 from npdecode.models.tinylm import TinyLM
 from npdecode.search.beam import batched_beam_search, count_hypotheses
@@ -99,9 +99,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=at_least(0), default=12, metavar="T",
                    help="longest generation (default 12)")
     p.add_argument("--alpha", type=finite, default=0.6,
-                   help="length penalty, any finite number: score = logprob / len**alpha; a "
-                        "larger alpha favours longer hypotheses, 0 ranks by logprob alone "
-                        "(default 0.6)")
+                   help="length penalty: score = logprob / len**alpha; a larger alpha "
+                        "favours longer hypotheses, 0 ranks by logprob alone (default 0.6); "
+                        "any number for which len**alpha stays within float64's range")
     p.add_argument("--eos", type=integer, default=None, metavar="ID",
                    help="end-of-sequence token id, in [0, --vocab-size) (default: none)")
     p.add_argument("--no-repeat-ngram-size", type=at_least(0), default=0, metavar="N",
@@ -140,8 +140,9 @@ def run(args: argparse.Namespace) -> int:
               f"{dtype}); beam width {args.beam_width}, alpha {args.alpha}, "
               f"eos {args.eos if args.eos is not None else 'none'}", soft_wrap=True)
     for b, (prompt, hyps) in enumerate(zip(args.prompt, results)):
-        out.print(hypotheses_table(f"prompt {b}: {','.join(map(str, prompt))}", hyps,
-                                   max_new_tokens=args.max_new_tokens))
+        # The prompt on a line of its own: a table's title wraps at the table's width.
+        out.print(f"prompt {b}: {ids_text(prompt)}", soft_wrap=True)
+        out.print(hypotheses_table(None, hyps, max_new_tokens=args.max_new_tokens))
     if any(stopped_early(hyps, args.max_new_tokens) for hyps in results):
         out.print(f"no*: stopped before --max-new-tokens {args.max_new_tokens} without "
                   f"finishing, because every next token would have repeated an n-gram "
