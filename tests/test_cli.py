@@ -519,7 +519,8 @@ def test_beam_help_explains_the_prompt_dtype_alpha_and_the_output_columns(monkey
     assert "--prompt IDS required: comma-separated token ids, each in [0, --vocab-size)" in text
     assert "repeat the option for a batch" in text
     assert "--float32 run the model in float32 (default: float64)" in text
-    assert "any finite number: score = logprob / len**alpha" in text
+    assert "length penalty: score = logprob / len**alpha" in text
+    assert "any number for which len**alpha stays within float64's range" in text
     assert "a larger alpha favours longer hypotheses" in text
     for column in ("rank", "tokens", "score", "logprob", "finished"):
         assert re.search(rf"\b{column} [a-z']", text), column
