@@ -112,15 +112,19 @@ def test_compare_runs_on_the_shipped_models(capsys):
     assert "wall-time ratio" in text
 
 
-def test_a_target_too_short_for_the_diversity_prefixes_is_refused(tmp_path):
-    # context 3 holds '.' + 'al' and nothing more: the diversity table could generate nothing
-    cfg = chargpt.CharGPTConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, max_context=3)
+@pytest.mark.parametrize("context, prefixes", [(3, ["a", "b"]), (1, ["jo", "al"]), (2, [])])
+def test_a_target_too_short_for_the_diversity_prefixes_is_refused(tmp_path, context, prefixes):
+    """A context of 3 holds '.' + 'al' and nothing more: the diversity table could generate
+    nothing. That is said first, before any advice on the user's own prefixes (which, at
+    these contexts, would be to give at most a negative number of letters)."""
+    cfg = chargpt.CharGPTConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32,
+                                max_context=context)
     chargpt.CharGPT.init(cfg, seed=1).save(tmp_path / "t.npz")
     chargpt.CharGPT.init(cfg, seed=2).save(tmp_path / "d.npz")
     args = parse(["--target", str(tmp_path / "t.npz"), "--draft", str(tmp_path / "d.npz"),
-                  "--prefixes", "a", "b"])
-    with pytest.raises(ValueError, match=r"context of 3 tokens leaves no room .* prefix 'al' "
-                                         r".* a context of at least 4"):
+                  *(["--prefixes", *prefixes] if prefixes else [])])
+    with pytest.raises(ValueError, match=rf"context of {context} tokens? leaves no room .* "
+                                         r"prefix 'al' .* a context of at least 4"):
         args.func(args)
 
 

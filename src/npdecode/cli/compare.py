@@ -202,6 +202,11 @@ def tokens(n: int) -> str:
     return f"{n} token{'' if n == 1 else 's'}"
 
 
+def letters(n: int) -> str:
+    """'1 letter', '2 letters'."""
+    return f"{n} letter{'' if n == 1 else 's'}"
+
+
 def prefix_table(Table, target, draft, prefixes: Sequence[str], seed: int):
     """Table 1: every strategy on each prefix alone: name, log-prob, tokens per target call."""
     table = Table(title="Strategies on two prefixes (target model; a name ends with '.')")
@@ -311,18 +316,18 @@ def run(args: argparse.Namespace) -> int:
                          f"the target's ({target.max_context}): speculative decoding runs the "
                          f"draft as far as the target; give a --draft with a context of at "
                          f"least {target.max_context}")
-    for prefix in args.prefixes:
-        if budget(target, [encode(prefix)]) < 1:
-            raise ValueError(f"prefix {prefix!r} ({tokens(len(encode(prefix)))} with the start "
-                             f"token) fills the target's context of "
-                             f"{tokens(target.max_context)}; give one of at most "
-                             f"{target.max_context - 2} letters")
     longest = max(DIVERSITY_PREFIXES, key=len)
     if budget(target, [encode(longest)]) < 1:
         raise ValueError(f"the target's context of {tokens(target.max_context)} leaves no "
                          f"room to generate after the prefix {longest!r} of the diversity "
                          f"table ({tokens(len(encode(longest)))} with the start token); give a "
                          f"--target with a context of at least {len(encode(longest)) + 1}")
+    for prefix in args.prefixes:
+        if budget(target, [encode(prefix)]) < 1:
+            raise ValueError(f"prefix {prefix!r} ({tokens(len(encode(prefix)))} with the start "
+                             f"token) fills the target's context of "
+                             f"{tokens(target.max_context)}; give one of at most "
+                             f"{letters(target.max_context - 2)}")
     console = Console()
     # File names are printed as they are: no [brackets] read as rich markup.
     console.print(f"target: {args.target or 'the shipped target model'} "

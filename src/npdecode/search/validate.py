@@ -111,7 +111,7 @@ def check_context(model: object, prompts: list[list[int]], max_new_tokens: int,
     for b, p in enumerate(prompts):
         if len(p) + max_new_tokens > limit:
             raise ValueError(
-                f"prompt {b} has {len(p)} tokens; with max_new_tokens={max_new_tokens} it needs "
+                f"prompt {b} has {len(p)} token{'s' * (len(p) != 1)}; with max_new_tokens={max_new_tokens} it needs "
                 f"{len(p) + max_new_tokens} positions but {who}'s context is {limit}. "
                 f"Shorten the prompt or lower max_new_tokens.")
 
