@@ -106,9 +106,9 @@ def test_a_prompt_too_long_for_the_context_is_refused_before_decoding(model):
     model.max_context = 6
     refused(model, r"prompt 1 has 4 tokens.*needs 7 positions.*context is 6",
             prompts=[[1], [1, 2, 3, 4]], max_new_tokens=3)
-    assert run(model, prompts=[[1], [1, 2, 3]], max_new_tokens=3)  # exactly fits
     refused(model, r"prompt 0 has 1 token; with max_new_tokens=6 it needs 7 positions",
             prompts=[[1]], max_new_tokens=6)
+    assert run(model, prompts=[[1], [1, 2, 3]], max_new_tokens=3)  # exactly fits
 
 
 class Faulty:
