@@ -347,6 +347,16 @@ def test_train_counts_the_parameters_and_adam_state_in_its_memory_check(tmp_path
     assert "training" not in captured.out
 
 
+def test_train_sizes_its_memory_check_by_the_longest_name_not_the_context(tmp_path, capsys):
+    """Minibatches are cut to their longest name (16 predictions), so a context of 1,000
+    costs its position table and the padded examples, not 1,000-wide attention rows (which,
+    at 4,096 names a batch, would claim hundreds of GiB)."""
+    assert main(["train", "--model", "draft", "--context", "1000", "--batch-size", "4096",
+                 "--steps", "1",
+                 "--no-progress", "--output", str(tmp_path / "m.npz")]) == 0
+    assert (tmp_path / "m.npz").exists()
+
+
 def test_train_refuses_a_huge_layer_count_without_listing_its_layers(tmp_path, capsys):
     # 10**20 layers: listing each layer's parameters would itself exhaust the memory.
     assert main(["train", "--model", "draft", "--layers", str(10**20), "--steps", "1",

@@ -102,16 +102,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 SIZE_OPTIONS = "--batch-size, --context, --d-model, --d-ff, --layers or --heads"
 
 
-def check_memory(config: CharGPTConfig, batch: int, dtype: str) -> None:
+def check_memory(config: CharGPTConfig, batch: int, dtype: str, positions: int,
+                 names: int) -> None:
     """Refuse settings whose training arrays cannot fit in memory (an estimate: per position
     and layer the attention rows and the residual-width and MLP-width activations, then the
     logits; for the target recipe about the peak resident size measured, 1.3 GB at
     --batch-size 4096), plus four arrays the size of the parameters (the parameters, their
-    gradients and Adam's two moment estimates)."""
-    T, L, H = config.max_context, config.n_layers, config.n_heads
+    gradients and Adam's two moment estimates). Minibatches are cut to their longest name,
+    so they span at most ``positions`` (the longest name's predictions) of the context; the
+    examples, ``names`` rows of int64 inputs and targets, span all of it."""
+    T, L, H = min(config.max_context, positions), config.n_layers, config.n_heads
     per_position = L * (2 * H * T + 10 * config.d_model + 3 * config.d_ff) + 4 * config.vocab_size
     params = count_params(config)
-    check_fits(np.dtype(dtype).itemsize * (batch * T * per_position + 4 * params),
+    examples = 2 * 8 * names * config.max_context
+    check_fits(np.dtype(dtype).itemsize * (batch * T * per_position + 4 * params) + examples,
                SIZE_OPTIONS)
 
 
@@ -140,8 +144,14 @@ def _settings(args: argparse.Namespace):
         raise ValueError(f"--lr {lr:g} with --weight-decay {wd:g}{given} would scale the "
                          f"weights by {1 - lr * wd:g} every step (AdamW multiplies them by 1 - "
                          f"lr x weight decay); lower --lr, or pass --weight-decay 0") from None
-    check_memory(config, batch, args.dtype)
+    names = load_names()
+    check_memory(config, batch, args.dtype, longest_name(names), len(names))
     return config, steps, batch, lr, wd
+
+
+def longest_name(names: list[str]) -> int:
+    """Predictions of the longest name: its letters and the end of the name."""
+    return max(len(n) for n in names) + 1
 
 
 def output_path(text: str) -> Path:
@@ -181,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     config, steps, batch, lr, wd = _settings(args)
     path = _output_path(args)
     names = load_names()
-    longest = max(len(n) for n in names) + 1
+    longest = longest_name(names)
     if config.max_context < longest:
         print(f"note: --context {config.max_context} is shorter than the longest name "
               f"({longest} predictions); long names are cut into windows", file=sys.stderr)
