@@ -607,7 +607,7 @@ def test_compare_speaks_of_one_token_in_the_singular(tmp_path, capsys):
     path = _save_chargpt(tmp_path / "c1.npz", max_context=1)
     assert main(["compare", "--target", path, "--draft", path]) == 2
     err = capsys.readouterr().err
-    assert "context of 1 token;" in err and "1 tokens" not in err
+    assert "context of 1 token leaves" in err and "1 tokens" not in err
 
 
 def test_compare_help_says_target_and_draft_each_default_to_the_shipped_model(monkeypatch,
