@@ -335,3 +335,28 @@ def test_a_batch_neighbour_with_huge_logits_changes_nothing(shift):
         alone = batched_beam_search(m, [p], **kw)[0]
         batch = batched_beam_search(m, [p, [0, 1]], **kw)[0]
         assert [(h.tokens, h.score) for h in batch] == [(h.tokens, h.score) for h in alone]
+
+
+# -- the scripted model itself ----------------------------------------------------------------
+
+@pytest.mark.parametrize("given, want", [
+    ({0: 0.0}, [1.0, 0.0, 0.0]),                             # a certain token
+    ({0: math.log(0.5), 1: math.log(0.5)}, [0.5, 0.5, 0.0]),  # summing to exactly 1
+    ({0: math.log(0.1), 1: math.log(0.2), 2: math.log(0.7)}, [0.1, 0.2, 0.7, 0.0]),  # 1 + ulp
+    ({1: math.log(0.4)}, [0.3, 0.4, 0.3]),                    # the rest spread evenly
+])
+def test_scripted_probabilities_are_the_script_and_unlisted_tokens_share_the_rest(given, want):
+    vocab = len(want)
+    model = ScriptedLM(vocab, prompt_len=1, script={(): given})
+    np.testing.assert_allclose(np.exp(model.forward(np.array([[0]]))[0]), want, atol=1e-15)
+
+
+@pytest.mark.parametrize("given, says", [
+    ({0: math.log(0.7), 1: math.log(0.5)}, "exceed 1"),
+    ({-1: -1.0}, r"token -1 after \(\) is not a token id in \[0, 3\)"),
+    ({3: -1.0}, r"token 3 after \(\) is not a token id"),
+    ({True: -1.0}, "token True"),
+])
+def test_a_bad_script_is_refused_naming_what_is_wrong(given, says):
+    with pytest.raises(ValueError, match=says):
+        ScriptedLM(3, prompt_len=1, script={(): given}).forward(np.array([[0]]))

@@ -11,8 +11,12 @@ makes it the natural model for demonstrating and testing search semantics.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
+
+
+_SLACK = 1e-12  # how far scripted probabilities may sum from 1 by rounding
 
 
 class ScriptedLM:
@@ -28,14 +32,21 @@ class ScriptedLM:
     def logprobs(self, prefix: tuple[int, ...]) -> np.ndarray:
         """The scripted log-probabilities (V,) after the generated ``prefix``."""
         given = self.script.get(prefix, self.default)
+        for t in given:
+            if (isinstance(t, bool) or not isinstance(t, numbers.Integral)
+                    or not 0 <= t < self.vocab_size):
+                raise ValueError(f"scripted token {t!r} after {prefix} is not a token id in "
+                                 f"[0, {self.vocab_size})")
         rest = 1.0 - sum(math.exp(v) for v in given.values())
         others = self.vocab_size - len(given)
-        if others:
-            if rest <= 0:
-                raise ValueError(f"scripted probabilities after {prefix} exceed 1")
-        elif abs(rest) > 1e-12:
+        if rest < -_SLACK:
+            raise ValueError(f"scripted probabilities after {prefix} exceed 1")
+        if not others and rest > _SLACK:
             raise ValueError(f"scripted probabilities after {prefix} do not sum to 1")
-        out = np.full(self.vocab_size, math.log(rest / others) if others else -np.inf)
+        # Tokens not in the script share what is left; where the script's sum to 1 (up to
+        # rounding), nothing is: probability 0.
+        spread = math.log(rest / others) if others and rest > _SLACK else -np.inf
+        out = np.full(self.vocab_size, spread)
         for t, v in given.items():
             out[t] = v
         return out
