@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from npdecode import TinyLM
+from npdecode import TinyLM, batched_beam_search, beam_search, greedy, sample
 from npdecode.search.runner import CachedRunner, RecomputeRunner
 
 
@@ -28,3 +28,42 @@ def test_cached_logits_equal_recomputed_ones_in_either_row_order(moves):
         np.testing.assert_allclose(got, slow.advance(parents, tokens), rtol=0, atol=1e-10)
         n = len(parents)
     assert in_order == (5 if moves == "none" else 0)  # the order check takes the short path
+
+
+class OnlyCached:
+    """The cached protocol without forward."""
+
+    def __init__(self):
+        self.inner = TinyLM(20, 8, seed=0)
+        self.vocab_size = 20
+
+    def new_cache(self, rows, slots):
+        return self.inner.new_cache(rows, slots)
+
+    def prefill(self, prompts, cache):
+        return self.inner.prefill(prompts, cache)
+
+    def extend(self, tokens, cache):
+        return self.inner.extend(tokens, cache)
+
+
+@pytest.mark.parametrize("search", ["beam", "greedy", "sample", "hf"])
+def test_an_object_that_is_no_model_is_refused_saying_what_a_model_needs(search):
+    model = object()
+    call = {"beam": lambda: batched_beam_search(model, [[1]], beam_width=2, max_new_tokens=3),
+            "greedy": lambda: greedy(model, [[1]], max_new_tokens=3),
+            "sample": lambda: sample(model, [[1]], max_new_tokens=3, seed=0),
+            "hf": lambda: beam_search(model, [[1]], num_beams=2, max_new_tokens=3,
+                                      policy="hf")}[search]
+    with pytest.raises(ValueError, match=r"object is not a model this search can call: it "
+                                         r"needs forward\(token_ids\) -> logits, or the "
+                                         r"cached protocol"):
+        call()
+
+
+def test_a_cached_model_without_forward_cannot_be_recomputed_and_says_so():
+    model = OnlyCached()
+    assert batched_beam_search(model, [[1]], beam_width=2, max_new_tokens=3)  # cached: fine
+    with pytest.raises(ValueError, match=r"OnlyCached .* needs forward\(token_ids\) -> "
+                                         r"logits, which use_cache=False runs"):
+        batched_beam_search(model, [[1]], beam_width=2, max_new_tokens=3, use_cache=False)

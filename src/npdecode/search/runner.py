@@ -133,4 +133,10 @@ def make_runner(model, prompts: Sequence[Sequence[int]], *, rows: int, new_token
     """The fastest runner ``model`` supports (``use_cache=False`` forces recomputation)."""
     if use_cache and is_cached(model):
         return CachedRunner(model, prompts, rows=rows, new_tokens=new_tokens)
+    if not callable(getattr(model, "forward", None)):
+        needs = ("forward(token_ids) -> logits, which use_cache=False runs" if is_cached(model)
+                 else "forward(token_ids) -> logits, or the cached protocol (new_cache, "
+                      "prefill, extend)")
+        raise ValueError(f"{type(model).__name__} is not a model this search can call: it "
+                         f"needs {needs}")
     return RecomputeRunner(model, prompts)
