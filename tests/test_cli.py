@@ -484,11 +484,17 @@ def test_train_output_that_is_a_directory_is_named_as_such_without_overwrite(tmp
     assert f"--output {tmp_path / 'd.npz'} is a directory" in err and "--overwrite" not in err
 
 
-def test_train_refuses_an_empty_output_path(capsys):
+@pytest.mark.parametrize("argv, says", [
+    (["train", "-o", "", "--steps", "1"],
+     "argument --output/-o: the path is empty; give a file name ending in .npz"),
+    (["compare", "--target", " "], "argument --target: the path is empty; give a CharGPT .npz"),
+    (["compare", "--draft", ""], "argument --draft: the path is empty; give a CharGPT .npz"),
+])
+def test_an_empty_path_is_refused_by_the_parser(argv, says, capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["train", "-o", "", "--steps", "1"])
+        main(argv)
     assert exit_.value.code == 2
-    assert "argument --output/-o: the path is empty" in capsys.readouterr().err
+    assert says in capsys.readouterr().err
 
 
 # --- one style of error for every integer option ---------------------------------------------

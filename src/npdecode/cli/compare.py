@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from npdecode.cli.options import at_least
+from npdecode.cli.options import at_least, file_path
 from npdecode.models.chars import EOS, VOCAB_SIZE, decode, encode
 from npdecode.search.beam import batched_beam_search
 from npdecode.search.sampling import greedy, sample
@@ -175,6 +174,9 @@ def load_models(args: argparse.Namespace):
     return target, draft
 
 
+MODEL_FILE = "a CharGPT .npz (npdecode train writes one), or leave the option out"
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``compare`` subcommand."""
     p = subparsers.add_parser(
@@ -188,10 +190,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "default: 0")
     p.add_argument("--repeats", type=at_least(1), default=3, metavar="N",
                    help="timing runs; the median is reported; default: 3")
-    p.add_argument("--target", type=Path, metavar="PATH",
+    p.add_argument("--target", type=file_path(MODEL_FILE), metavar="PATH",
                    help="a CharGPT .npz to use as the target model; default: the shipped "
                         "target (with or without --draft)")
-    p.add_argument("--draft", type=Path, metavar="PATH",
+    p.add_argument("--draft", type=file_path(MODEL_FILE), metavar="PATH",
                    help="a CharGPT .npz to use as the draft model; default: the shipped draft "
                         "(with or without --target)")
     p.set_defaults(func=run)

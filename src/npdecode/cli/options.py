@@ -7,6 +7,7 @@ import argparse
 import math
 import re
 import textwrap
+from pathlib import Path
 from typing import Callable
 
 from npdecode.models.protocol import INT64_END
@@ -93,3 +94,13 @@ class ParagraphFormatter(argparse.HelpFormatter):
         return textwrap.wrap(" ".join(words), width, initial_indent=indent,
                              subsequent_indent=indent, break_on_hyphens=False,
                              break_long_words=False)
+
+
+def file_path(hint: str) -> Callable[[str], Path]:
+    """An argparse type: a non-empty path (Path('') would be the current directory); ``hint``
+    says what to give instead."""
+    def parse(text: str) -> Path:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"the path is empty; give {hint}")
+        return Path(text)
+    return parse

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from npdecode.cli.options import at_least, finite, integer
+from npdecode.cli.options import at_least, file_path, finite, integer
 from npdecode.memory import check_fits
 from npdecode.models.chargpt import CharGPTConfig, count_params
 from npdecode.train import (RECIPES, TrainResult, bigram_loss, check_decay, load_names,
@@ -68,9 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="retrain a character-level CharGPT on the bundled names",
         description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--model", choices=sorted(RECIPES), default="target",
-                   help="recipe to start from (size, steps, batch size, learning rate); "
+                   help="recipe to start from (size, steps, batch size, learning rate, "
+                        "weight decay); "
                         "default: target")
-    p.add_argument("--output", "-o", type=output_path, default=None, metavar="PATH",
+    p.add_argument("--output", "-o", type=file_path("a file name ending in .npz"), default=None, metavar="PATH",
                    help="where to write the weights (.npz); default: ./<model>.npz")
     p.add_argument("--overwrite", action="store_true",
                    help="replace PATH if it exists (otherwise an existing file is an error)")
@@ -152,13 +153,6 @@ def _settings(args: argparse.Namespace):
 def longest_name(names: list[str]) -> int:
     """Predictions of the longest name: its letters and the end of the name."""
     return max(len(n) for n in names) + 1
-
-
-def output_path(text: str) -> Path:
-    """An argparse type: a non-empty path (Path('') would be the current directory)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("the path is empty; give a file name ending in .npz")
-    return Path(text)
 
 
 def _output_path(args: argparse.Namespace) -> Path:
