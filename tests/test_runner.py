@@ -5,6 +5,7 @@ import pytest
 
 from npdecode import TinyLM, batched_beam_search, beam_search, greedy, sample
 from npdecode.search.runner import CachedRunner, RecomputeRunner
+from toy_models import CachedOnly
 
 
 @pytest.mark.parametrize("moves", ["none", "forks"])  # rows stay in order, or beams fork
@@ -30,23 +31,6 @@ def test_cached_logits_equal_recomputed_ones_in_either_row_order(moves):
     assert in_order == (5 if moves == "none" else 0)  # the order check takes the short path
 
 
-class OnlyCached:
-    """The cached protocol without forward."""
-
-    def __init__(self):
-        self.inner = TinyLM(20, 8, seed=0)
-        self.vocab_size = 20
-
-    def new_cache(self, rows, slots):
-        return self.inner.new_cache(rows, slots)
-
-    def prefill(self, prompts, cache):
-        return self.inner.prefill(prompts, cache)
-
-    def extend(self, tokens, cache):
-        return self.inner.extend(tokens, cache)
-
-
 @pytest.mark.parametrize("search", ["beam", "greedy", "sample", "hf"])
 def test_an_object_that_is_no_model_is_refused_saying_what_a_model_needs(search):
     model = object()
@@ -62,8 +46,8 @@ def test_an_object_that_is_no_model_is_refused_saying_what_a_model_needs(search)
 
 
 def test_a_cached_model_without_forward_cannot_be_recomputed_and_says_so():
-    model = OnlyCached()
+    model = CachedOnly(TinyLM(20, 8, seed=0))
     assert batched_beam_search(model, [[1]], beam_width=2, max_new_tokens=3)  # cached: fine
-    with pytest.raises(ValueError, match=r"OnlyCached .* needs forward\(token_ids\) -> "
+    with pytest.raises(ValueError, match=r"CachedOnly .* needs forward\(token_ids\) -> "
                                          r"logits, which use_cache=False runs"):
         batched_beam_search(model, [[1]], beam_width=2, max_new_tokens=3, use_cache=False)

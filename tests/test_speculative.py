@@ -24,7 +24,7 @@ import pytest
 from npdecode import TinyLM
 from npdecode.search.sampling import greedy
 from npdecode.search.speculative import speculative_sample
-from toy_models import Recording
+from toy_models import CachedOnly, Recording
 
 V = 6
 TARGET = TinyLM(vocab_size=V, d_model=16, seed=11)
@@ -567,22 +567,7 @@ def test_a_prompt_with_its_seed_gives_the_same_tokens_alone_or_in_a_batch(temper
 
 
 def test_a_cached_model_without_a_max_context_attribute_is_accepted():
-    class Plain:  # the cached protocol, and no max_context attribute at all
-        def __init__(self, model):
-            self.model, self.vocab_size = model, model.vocab_size
-
-        def forward(self, ids):
-            return self.model.forward(ids)
-
-        def new_cache(self, rows, slots):
-            return self.model.new_cache(rows, slots)
-
-        def prefill(self, prompts, cache):
-            return self.model.prefill(prompts, cache)
-
-        def extend(self, tokens, cache):
-            return self.model.extend(tokens, cache)
-
-    res = speculative_sample(Plain(TARGET), Plain(DRAFT), [[1, 2]], max_new_tokens=4,
+    # the cached protocol, and no max_context attribute at all
+    res = speculative_sample(CachedOnly(TARGET), CachedOnly(DRAFT), [[1, 2]], max_new_tokens=4,
                              temperature=0.0)
     assert res.generations[0].tokens == greedy(TARGET, [[1, 2]], max_new_tokens=4)[0].tokens

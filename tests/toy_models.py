@@ -52,3 +52,19 @@ class FixedLogits:
 
     def forward(self, token_ids):
         return np.tile(self.row, (len(token_ids), 1))
+
+
+class CachedOnly:
+    """``model``'s cached protocol (new_cache, prefill, extend) and vocab_size, nothing else."""
+
+    def __init__(self, model):
+        self.model, self.vocab_size = model, model.vocab_size
+
+    def new_cache(self, rows, slots):
+        return self.model.new_cache(rows, slots)
+
+    def prefill(self, prompts, cache):
+        return self.model.prefill(prompts, cache)
+
+    def extend(self, tokens, cache):
+        return self.model.extend(tokens, cache)
