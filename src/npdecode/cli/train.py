@@ -69,9 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=DESCRIPTION, epilog=EPILOG)
     p.add_argument("--model", choices=sorted(RECIPES), default="target",
                    help="recipe to start from (size, steps, batch size, learning rate, "
-                        "weight decay); "
-                        "default: target")
-    p.add_argument("--output", "-o", type=file_path("a file name ending in .npz"), default=None, metavar="PATH",
+                        "weight decay); default: target")
+    p.add_argument("--output", "-o", type=file_path("a file name ending in .npz"), default=None,
+                   metavar="PATH",
                    help="where to write the weights (.npz); default: ./<model>.npz")
     p.add_argument("--overwrite", action="store_true",
                    help="replace PATH if it exists (otherwise an existing file is an error)")
@@ -120,8 +120,9 @@ def check_memory(config: CharGPTConfig, batch: int, dtype: str, positions: int,
                SIZE_OPTIONS)
 
 
-def _settings(args: argparse.Namespace):
-    """The recipe with the command line's overrides applied, checked."""
+def _settings(args: argparse.Namespace, names: list[str]):
+    """The recipe with the command line's overrides applied, checked (for training on
+    ``names``)."""
     recipe = RECIPES[args.model]
     overrides = {"d_model": args.d_model, "n_layers": args.layers, "n_heads": args.heads,
                  "d_ff": args.d_ff, "max_context": args.context}
@@ -145,7 +146,6 @@ def _settings(args: argparse.Namespace):
         raise ValueError(f"--lr {lr:g} with --weight-decay {wd:g}{given} would scale the "
                          f"weights by {1 - lr * wd:g} every step (AdamW multiplies them by 1 - "
                          f"lr x weight decay); lower --lr, or pass --weight-decay 0") from None
-    names = load_names()
     check_memory(config, batch, args.dtype, longest_name(names), len(names))
     return config, steps, batch, lr, wd
 
@@ -182,9 +182,9 @@ def _output_path(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Train, save, and report the losses."""
-    config, steps, batch, lr, wd = _settings(args)
-    path = _output_path(args)
     names = load_names()
+    config, steps, batch, lr, wd = _settings(args, names)
+    path = _output_path(args)
     longest = longest_name(names)
     if config.max_context < longest:
         print(f"note: --context {config.max_context} is shorter than the longest name "

@@ -43,8 +43,8 @@ class ScriptedLM:
             raise ValueError(f"scripted probabilities after {prefix} exceed 1")
         if not others and rest > _SLACK:
             raise ValueError(f"scripted probabilities after {prefix} do not sum to 1")
-        # Tokens not in the script share what is left; where the script's sum to 1 (up to
-        # rounding), nothing is: probability 0.
+        # Tokens not in the script share what is left; where the scripted probabilities sum
+        # to 1 (up to rounding), nothing is: they get probability 0.
         spread = math.log(rest / others) if others and rest > _SLACK else -np.inf
         out = np.full(self.vocab_size, spread)
         for t, v in given.items():

@@ -111,9 +111,9 @@ def check_context(model: object, prompts: list[list[int]], max_new_tokens: int,
     for b, p in enumerate(prompts):
         if len(p) + max_new_tokens > limit:
             raise ValueError(
-                f"prompt {b} has {len(p)} token{'s' * (len(p) != 1)}; with max_new_tokens={max_new_tokens} it needs "
-                f"{len(p) + max_new_tokens} positions but {who}'s context is {limit}. "
-                f"Shorten the prompt or lower max_new_tokens.")
+                f"prompt {b} has {len(p)} token{'s' * (len(p) != 1)}; with "
+                f"max_new_tokens={max_new_tokens} it needs {len(p) + max_new_tokens} positions "
+                f"but {who}'s context is {limit}. Shorten the prompt or lower max_new_tokens.")
 
 
 def check_request(model: object, prompts: Sequence[Sequence[int]], max_new_tokens: object,
