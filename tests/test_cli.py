@@ -352,8 +352,7 @@ def test_train_sizes_its_memory_check_by_the_longest_name_not_the_context(tmp_pa
     costs its position table and the padded examples, not 1,000-wide attention rows (which,
     at 4,096 names a batch, would claim hundreds of GiB)."""
     assert main(["train", "--model", "draft", "--context", "1000", "--batch-size", "4096",
-                 "--steps", "1",
-                 "--no-progress", "--output", str(tmp_path / "m.npz")]) == 0
+                 "--steps", "1", "--no-progress", "--output", str(tmp_path / "m.npz")]) == 0
     assert (tmp_path / "m.npz").exists()
 
 

@@ -1,31 +1,45 @@
-"""Small test models: a wrapper that records every call of a cached model, one that hides its
-cached protocol, and a model whose logits never change."""
+"""Small test models: a wrapper that keeps only a model's cached protocol, one that also
+records every call, one that hides the cached protocol, and a model whose logits never
+change."""
 
 from __future__ import annotations
 
 import numpy as np
 
 
-class Recording:
-    """Wraps a cached model; ``log`` gets ("prefill", rows, 0) or ("extend", rows, t) per call."""
+class CachedOnly:
+    """``model``'s cached protocol (new_cache, prefill, extend) and vocab_size, nothing else."""
 
     def __init__(self, model):
-        self.model, self.log = model, []
-        self.vocab_size, self.max_context = model.vocab_size, model.max_context
-
-    def forward(self, ids):
-        return self.model.forward(ids)
+        self.model, self.vocab_size = model, model.vocab_size
 
     def new_cache(self, rows, slots):
         return self.model.new_cache(rows, slots)
 
     def prefill(self, prompts, cache):
-        self.log.append(("prefill", len(prompts), 0))
         return self.model.prefill(prompts, cache)
 
     def extend(self, tokens, cache):
-        self.log.append(("extend", *np.shape(tokens)))
         return self.model.extend(tokens, cache)
+
+
+class Recording(CachedOnly):
+    """Wraps a cached model; ``log`` gets ("prefill", rows, 0) or ("extend", rows, t) per call."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.log, self.max_context = [], model.max_context
+
+    def forward(self, ids):
+        return self.model.forward(ids)
+
+    def prefill(self, prompts, cache):
+        self.log.append(("prefill", len(prompts), 0))
+        return super().prefill(prompts, cache)
+
+    def extend(self, tokens, cache):
+        self.log.append(("extend", *np.shape(tokens)))
+        return super().extend(tokens, cache)
 
     @property
     def extend_rows(self) -> list[int]:
@@ -52,19 +66,3 @@ class FixedLogits:
 
     def forward(self, token_ids):
         return np.tile(self.row, (len(token_ids), 1))
-
-
-class CachedOnly:
-    """``model``'s cached protocol (new_cache, prefill, extend) and vocab_size, nothing else."""
-
-    def __init__(self, model):
-        self.model, self.vocab_size = model, model.vocab_size
-
-    def new_cache(self, rows, slots):
-        return self.model.new_cache(rows, slots)
-
-    def prefill(self, prompts, cache):
-        return self.model.prefill(prompts, cache)
-
-    def extend(self, tokens, cache):
-        return self.model.extend(tokens, cache)
